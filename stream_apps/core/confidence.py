@@ -3,7 +3,7 @@
 A strategy may name a model file (``model: {file, sha256}``, ``strategy.ConfidenceModelRef``), the JSON that
 ``tapeflow model train`` writes (``backtest.research.model_train``, format ``FORMAT``). Loading it here
 reads no pickle and imports neither LightGBM nor scikit-learn: the file's numbers become flat arrays
-(``ConfidenceModel``) that one compiled loop (``_predict``) evaluates per row:
+(``ConfidenceModel``) that one compiled loop (``confidence_kernels.predict_rows``) evaluates per row:
 
 - LightGBM: the trees of the file's own text model (``models.lightgbm.model``), node by node
   (``split_feature``, ``threshold``, ``decision_type``, ``left_child``/``right_child``, ``leaf_value``),
@@ -35,16 +35,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit
 
 from .durations import parse_duration_ms
-from .kernels import cooling, fire
 
 FORMAT = "tapeflow-confidence-model/1"
 PLAN_SIZE_MAP = ((0.85, 1.2), (0.6, 1.0), (0.4, 0.5), (0.0, 0.0))  # p above the bound -> multiplier
@@ -107,8 +104,10 @@ class ConfidenceModel:
         x = np.ascontiguousarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"the model takes {len(self.features)} features per row, got shape {x.shape}")
+        from .confidence_kernels import predict_rows
+
         p, band = np.empty(len(x)), np.empty(len(x))
-        _predict(x, np.ascontiguousarray(sign, dtype=np.float64), self.packed, p, band)
+        predict_rows(x, np.ascontiguousarray(sign, dtype=np.float64), self.packed, p, band)
         return p, band
 
     @functools.cached_property
@@ -140,8 +139,10 @@ class ConfidenceModel:
 
     def size_multiplier(self, p: np.ndarray) -> np.ndarray:
         """The size map's multiplier of each probability (0: skip)."""
+        from .confidence_kernels import size_map
+
         out = np.zeros(len(p))
-        _size_map(np.ascontiguousarray(p, dtype=np.float64), self.size_bounds, self.size_multipliers, out)
+        size_map(np.ascontiguousarray(p, dtype=np.float64), self.size_bounds, self.size_multipliers, out)
         return out
 
 
@@ -154,151 +155,6 @@ def cvd_feature(name: str) -> tuple[str, int] | None:
             except ValueError:
                 return None
     return None
-
-
-# -- compiled ----------------------------------------------------------------------------------------------
-
-
-@njit(cache=True)
-def _tree_sum(
-    x, i, roots, split_feature, threshold, default_left, missing_type, left, right, leaf_value
-):  # pragma: no cover - compiled
-    total = 0.0
-    for t in range(roots.shape[0]):
-        node = roots[t]
-        while node >= 0:
-            value = x[i, split_feature[node]]
-            kind = missing_type[node]
-            if math.isnan(value) and kind != 2:
-                value = 0.0
-            if (kind == 1 and abs(value) <= ZERO_THRESHOLD) or (kind == 2 and math.isnan(value)):
-                node = left[node] if default_left[node] else right[node]
-            elif value <= threshold[node]:
-                node = left[node]
-            else:
-                node = right[node]
-        total += leaf_value[~node]
-    return total
-
-
-@njit(cache=True)
-def _linear(x, i, sign, mean, scale, coef, coef_sign, intercept):  # pragma: no cover - compiled
-    total = intercept
-    for j in range(coef.shape[0]):
-        z = (x[i, j] - mean[j]) / scale[j]
-        if math.isnan(z):
-            z = 0.0
-        elif z > Z_CLIP:
-            z = Z_CLIP
-        elif z < -Z_CLIP:
-            z = -Z_CLIP
-        total += z * coef[j] + (z * sign) * coef_sign[j]
-    return total
-
-
-@njit(cache=True, inline="always")
-def _sigmoid(z):  # pragma: no cover - compiled
-    return 1.0 / (1.0 + math.exp(-min(max(z, -LOGIT_CLIP), LOGIT_CLIP)))
-
-
-@njit(cache=True)
-def _interp(p, xs, ys):  # pragma: no cover - compiled
-    """``np.interp(p, xs, ys)`` for one value (its rule: the ends beyond the points, else the line
-    between the two points around ``p``, the right one's value when ``p`` is on it)."""
-    n = xs.shape[0]
-    if n == 1 or p < xs[0]:
-        return ys[0]
-    if p >= xs[n - 1]:
-        return ys[n - 1]
-    lo, hi = 0, n - 1  # xs[lo] <= p < xs[hi]: ends at the last point at or below p
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if xs[mid] <= p:
-            lo = mid
-        else:
-            hi = mid
-    if p == xs[lo]:
-        return ys[lo]
-    slope = (ys[lo + 1] - ys[lo]) / (xs[lo + 1] - xs[lo])
-    value = slope * (p - xs[lo]) + ys[lo]
-    if math.isnan(value):
-        value = slope * (p - xs[lo + 1]) + ys[lo + 1]
-        if math.isnan(value) and ys[lo] == ys[lo + 1]:
-            value = ys[lo]
-    return value
-
-
-@njit(cache=True)
-def _verdict(x, i, sign, m):  # pragma: no cover - compiled
-    """``(p_win, band multiplier)`` of row ``i`` of ``x`` (``ConfidenceModel.packed``: ``m``)."""
-    if m[0]:
-        raw = _tree_sum(x, i, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8])
-    else:
-        raw = _linear(x, i, sign, m[9], m[10], m[11], m[12], m[13])
-    p = _sigmoid(raw)
-    if m[14] == _ISOTONIC:
-        q = _interp(p, m[15], m[16])
-    else:
-        c = min(max(p, EPS), 1.0 - EPS)
-        q = _sigmoid(m[17] * math.log(c / (1.0 - c)) + m[18])
-    q = min(max(q, CALIBRATED_RANGE[0]), CALIBRATED_RANGE[1])
-    return q, _band(q, m[19], m[20])
-
-
-@njit(cache=True)
-def _predict(x, sign, m, out, band):  # pragma: no cover - compiled
-    for i in range(x.shape[0]):
-        out[i], band[i] = _verdict(x, i, sign[i], m)
-
-
-@njit(cache=True)
-def cooldown_model_rows(
-    times,
-    signs,
-    scores,
-    candidates,
-    cooldown_ms,
-    flip_threshold,
-    timeout_ms,
-    state,
-    fired,
-    flips,
-    x,
-    x_row,
-    m,
-    p_win,
-    band,
-    skipped,
-):  # pragma: no cover - compiled
-    """``kernels.cooldown_rows`` with the confidence model's veto: a candidate row out of its cooldown is
-    judged by the model (features: row ``x_row[i]`` of ``x``); one in the skip band is ``skipped`` and
-    starts no cooldown, the others fire. ``p_win``/``band`` are set at the rows judged: the model runs
-    only where it decides, however many candidates a cooldown holds."""
-    for j in range(candidates.shape[0]):
-        i = candidates[j]
-        if cooling(times[i], signs[i], state, cooldown_ms):
-            continue
-        p_win[i], band[i] = _verdict(x, x_row[i], float(signs[i]), m)
-        if band[i] <= 0.0:
-            skipped[i] = True
-            continue
-        fired[i] = True
-        flips[i] = fire(times[i], signs[i], scores[i], state, flip_threshold, timeout_ms)
-
-
-@njit(cache=True, inline="always")
-def _band(p, bounds, multipliers):  # pragma: no cover - compiled
-    """The size map's multiplier of ``p``: the first band (bounds descending) that ``p`` is above, else 0."""
-    for k in range(bounds.shape[0]):
-        if p > bounds[k]:
-            return multipliers[k]
-    return 0.0
-
-
-@njit(cache=True)
-def _size_map(p, bounds, multipliers, out):  # pragma: no cover - compiled
-    for i in range(p.shape[0]):
-        out[i] = _band(p[i], bounds, multipliers)
 
 
 # -- loading -----------------------------------------------------------------------------------------------
@@ -458,3 +314,14 @@ def _trees(text: str, k: int, source: str) -> dict[str, np.ndarray]:
 def file_sha256(path: str | Path) -> str:
     """The sha256 a strategy names for a model file (``tapeflow`` users copy it from here or ``sha256sum``)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def __getattr__(name: str) -> Any:
+    """``cooldown_model_rows`` from ``confidence_kernels``, imported on first use (PEP 562): the compiled
+    loops import numba (~0.5 CPU-s), which the processes that only read strategy files (the executor,
+    the UI, the CLI) never need."""
+    if name == "cooldown_model_rows":
+        from .confidence_kernels import cooldown_model_rows
+
+        return cooldown_model_rows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -219,3 +219,17 @@ def test_one_row_is_gathered_as_every_row_is():
         assert np.array_equal(whole, single, equal_nan=True)
         checked += int(np.isfinite(whole[:, 5]).sum())
     assert checked > 100  # rows with an ATR ratio were compared
+
+
+def test_reading_strategies_imports_no_numba():
+    """The executor, the UI and the CLI read strategy files (with their `model:` section) and never
+    predict: they must not pay numba's import (~0.5 CPU-s per process, every service start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, execution.service, tapeflow_ui, stream_apps.core.strategy;"
+        "print(sorted(m for m in sys.modules if m == 'numba' or m.endswith('confidence_kernels')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
