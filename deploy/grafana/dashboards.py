@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -623,6 +624,33 @@ def p99(histogram: str, legend: str) -> PromQL:
     return PromQL(f"histogram_quantile(0.99, sum by (le) (rate({histogram}_bucket[$__rate_interval])))", legend=legend)
 
 
+def instant_stat(
+    title: str,
+    expr: str,
+    by: str,
+    *,
+    question: str,
+    thresholds: tuple[Threshold, ...],
+    width: int,
+    height: int,
+    unit: str,
+    options: dict[str, Any] | None = None,
+) -> Panel:
+    """A stat panel of one PromQL expression read at the range's end, a value per ``by`` label (its legend):
+    the pipeline's state panels (up, freshness, risk guard, SLIs, degradation, notifications, resyncs)."""
+    return Panel(
+        title,
+        "stat",
+        width=width,
+        height=height,
+        unit=unit,
+        question=question,
+        thresholds=thresholds,
+        options=options or {},
+        queries=(PromQL(expr, legend=f"{{{{{by}}}}}", instant=True),),
+    )
+
+
 _LAG = '{__name__=~"tapeflow_(engine|sink|executor)_consumer_lag_messages"}'
 _DLQ = '{__name__=~"tapeflow_(producer|engine|sink|executor_publish)_dlq_messages_total"}'
 PIPELINE = Dashboard(
@@ -633,16 +661,16 @@ PIPELINE = Dashboard(
     time_from="now-3h",
     refresh="15s",
     panels=(
-        Panel(
+        instant_stat(
             "Services up",
-            "stat",
+            'up{job=~"producer|engine|sink|executor|notifier"}',
+            "job",
+            question="Can Prometheus scrape every tapeflow service (1 = up)?",
+            thresholds=(Threshold(1, "green", "up"),),
             width=24,
             height=4,
             unit="none",
-            question="Can Prometheus scrape every tapeflow service (1 = up)?",
-            thresholds=(Threshold(1, "green", "up"),),
             options={"colorMode": "background"},
-            queries=(PromQL('up{job=~"producer|engine|sink|executor|notifier"}', legend="{{job}}", instant=True),),
         ),
         Panel(
             "Records published per second",
@@ -805,84 +833,66 @@ LIMIT 200""",
                 p99("tapeflow_executor_signal_to_order_seconds", "executor signal→order"),
             ),
         ),
-        Panel(
+        instant_stat(
             "Time since the last evaluation",
-            "stat",
-            width=8,
-            height=5,
-            unit="s",
+            "time() - max by (instance) (tapeflow_engine_last_evaluation_time_seconds)",
+            "instance",
             question="Is the engine evaluating (every symbol at least every 15 s while data flows)?",
             thresholds=(
                 Threshold(60, "orange", "several evaluation intervals missed"),
                 Threshold(600, "red", "TapeflowNoSignalEvaluation"),
             ),
-            queries=(
-                PromQL(
-                    "time() - max by (instance) (tapeflow_engine_last_evaluation_time_seconds)",
-                    legend="{{instance}}",
-                    instant=True,
-                ),
-            ),
-        ),
-        Panel(
-            "Risk guard state",
-            "stat",
             width=8,
             height=5,
-            unit="none",
+            unit="s",
+        ),
+        instant_stat(
+            "Risk guard state",
+            "max by (instance) (tapeflow_executor_risk_state)",
+            "instance",
             question="Is the risk guard letting entries through (0 active, 1 paused, 2 halted)?",
             thresholds=(
                 Threshold(1, "orange", "paused after a losing streak"),
                 Threshold(2, "red", "halted: daily loss limit or kill switch"),
             ),
-            queries=(PromQL("max by (instance) (tapeflow_executor_risk_state)", legend="{{instance}}", instant=True),),
-        ),
-        Panel(
-            "Execution SLIs missing their objective",
-            "stat",
-            width=12,
+            width=8,
             height=5,
-            unit="s",
+            unit="none",
+        ),
+        instant_stat(
+            "Execution SLIs missing their objective",
+            "max by (sli) (tapeflow_executor_slo_breached_seconds)",
+            "sli",
             question="Which execution SLI (round trip, stream lag, websocket, gate errors, maker fills, balance) "
             "has missed its objective, and for how many 5-minute windows in a row?",
             thresholds=(
                 Threshold(300, "orange", "the last window missed it"),
                 Threshold(900, "red", "TapeflowExecutionSloBreached: three windows in a row"),
             ),
-            queries=(
-                PromQL(
-                    "max by (sli) (tapeflow_executor_slo_breached_seconds)",
-                    legend="{{sli}}",
-                    instant=True,
-                ),
-            ),
-        ),
-        Panel(
-            "Execution degradation",
-            "stat",
             width=12,
             height=5,
-            unit="none",
+            unit="s",
+        ),
+        instant_stat(
+            "Execution degradation",
+            "max by (rule) (tapeflow_executor_degradation_state)",
+            "rule",
             question="Is the executor working orders degraded: market only (makers do not fill) or one market "
             "order without TWAP or maker wait (slow round trips)?",
             thresholds=(Threshold(1, "orange", "TapeflowExecutionDegraded: the rule is in force"),),
-            queries=(PromQL("max by (rule) (tapeflow_executor_degradation_state)", legend="{{rule}}", instant=True),),
+            width=12,
+            height=5,
+            unit="none",
         ),
-        Panel(
+        instant_stat(
             "Notifications failed (1 h)",
-            "stat",
+            "sum by (channel) (increase(tapeflow_notify_failures_total[1h]))",
+            "channel",
+            question="Do the alerts to people arrive (Telegram, Discord, webhook)?",
+            thresholds=(Threshold(1, "red", "a channel refused or could not be reached"),),
             width=8,
             height=5,
             unit="none",
-            question="Do the alerts to people arrive (Telegram, Discord, webhook)?",
-            thresholds=(Threshold(1, "red", "a channel refused or could not be reached"),),
-            queries=(
-                PromQL(
-                    "sum by (channel) (increase(tapeflow_notify_failures_total[1h]))",
-                    legend="{{channel}}",
-                    instant=True,
-                ),
-            ),
         ),
     ),
 )
@@ -1194,25 +1204,19 @@ ORDER BY s.symbol""",
                 ),
             ),
         ),
-        Panel(
+        instant_stat(
             "Order-book resyncs per symbol (10 min)",
-            "stat",
-            width=8,
-            height=9,
-            unit="none",
+            "sum by (symbol) (increase(tapeflow_producer_book_resyncs_total[10m]))",
+            "symbol",
             question="Which books were rebuilt from a snapshot lately (each resync leaves a hole in md.book and the "
             "wall detectors)? Counted by the producer only, so read from Prometheus.",
             thresholds=(
                 Threshold(1, "orange", "resynced in the last 10 minutes"),
                 Threshold(5, "red", "TapeflowBookResyncStorm: more than 5 in 10 minutes"),
             ),
-            queries=(
-                PromQL(
-                    "sum by (symbol) (increase(tapeflow_producer_book_resyncs_total[10m]))",
-                    legend="{{symbol}}",
-                    instant=True,
-                ),
-            ),
+            width=8,
+            height=9,
+            unit="none",
         ),
     ),
 )
