@@ -20,20 +20,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from execution.management import Management
 from stream_apps.core.exits import MAKER_FEE, TAKER_FEE
 from stream_apps.core.routing_table import RoutingTable
+from tapeflow_runtime.config_model import StrictModel as _Model  # the base shared with routing and management
 from tapeflow_runtime.errors import TapeflowError
 
 
 class ExecutorConfigError(TapeflowError, ValueError):
     """An executor config file that cannot be used (message names the field)."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Fees(_Model):

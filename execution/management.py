@@ -36,16 +36,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from execution.domain import direction_sign
+from tapeflow_runtime.config_model import StrictModel, strictly_increasing
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AddOn(_Model):
+class AddOn(StrictModel):
     """One add-on: when the position's ROE reaches `roe`, buy (sell) more."""
 
     roe: float = Field(gt=0, le=100, description="ROE (fraction of the isolated margin, 0.05 = 5 %) that triggers it")
@@ -54,7 +51,7 @@ class AddOn(_Model):
     )
 
 
-class TrailStep(_Model):
+class TrailStep(StrictModel):
     """One step of the trailing stop: at `roe`, the stop moves to the price that locks `lock_roe` net."""
 
     roe: float = Field(gt=0, le=100, description="ROE that triggers the step (0.10 = 10 %)")
@@ -65,7 +62,7 @@ class TrailStep(_Model):
     )
 
 
-class Management(_Model):
+class Management(StrictModel):
     """Position management of one strategy (off by default: the executor then exits as before)."""
 
     enabled: bool = Field(default=False, description="manage positions by ROE (add-ons, trailing, partial take)")
@@ -97,8 +94,7 @@ class Management(_Model):
     @model_validator(mode="after")
     def _check(self) -> Management:
         for name, steps in (("add_ons", self.add_ons), ("trailing", self.trailing)):
-            roes = [s.roe for s in steps]
-            if roes != sorted(set(roes)):
+            if not strictly_increasing([s.roe for s in steps]):
                 raise ValueError(f"{name} must be in strictly increasing roe")
         for step in self.trailing:
             if step.lock_roe >= step.roe:

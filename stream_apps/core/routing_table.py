@@ -16,14 +16,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from tapeflow_runtime.config_model import StrictModel, strictly_increasing
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RouteBucket(_Model):
+class RouteBucket(StrictModel):
     """How an entry of a notional up to ``up_to`` (from the previous bucket's bound) is worked."""
 
     up_to: float | None = Field(
@@ -54,7 +52,7 @@ def default_buckets() -> list[RouteBucket]:
     ]
 
 
-class LiquidityProbe(_Model):
+class LiquidityProbe(StrictModel):
     """Checks the book before an entry is sent: the spread against its own recent mean, and the depth
     the taker slices would take."""
 
@@ -98,7 +96,7 @@ class LiquidityProbe(_Model):
     max_slices: int = Field(default=8, ge=1, le=50, description="the probe never splits an entry into more slices")
 
 
-class RoutingTable(_Model):
+class RoutingTable(StrictModel):
     """Notional buckets, slice jitter, the maker -> taker threshold and the liquidity probe."""
 
     buckets: list[RouteBucket] = Field(
@@ -135,7 +133,7 @@ class RoutingTable(_Model):
         inner = [b for b in bounds[:-1] if b is not None]
         if len(inner) != len(bounds) - 1:
             raise ValueError("buckets: only the last bucket may have up_to null")
-        if any(b >= c for b, c in zip(inner, inner[1:], strict=False)):
+        if not strictly_increasing(inner):
             raise ValueError("buckets: up_to must increase from one bucket to the next")
         return self
 
