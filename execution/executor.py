@@ -484,7 +484,10 @@ class Executor:
     def _cancel_entry(self, entry: PendingEntry, reason: str, now_ms: int) -> None:
         events = self.broker.cancel(entry.request.client_order_id, now_ms, reason)
         self._route(events, now_ms)
-        self._drop_entry(entry)
+        if self.entries.get(entry.position_id) is entry:  # no update ended it: no order of it was open
+            self._drop_entry(entry)
+            if entry.fills:  # a routed entry between slices: what filled is a position, as a cancelled part fill's
+                self.entry_flow._open(entry)
 
     def _drop_entry(self, entry: PendingEntry) -> None:
         self.changes += 1

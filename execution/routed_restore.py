@@ -15,9 +15,11 @@ whose position has not opened is rebuilt as it was:
   is never sent twice: the next slice is the one after the newest slice on record);
 - between slices (slice k filled, k+1 waiting for its jittered interval; no order in flight): slice
   k+1 is due at the fill's time + its deterministic delay (the first clock tick when that is past);
-  likewise a maker that ended below theta before the first slice went out (a crash between the two
-  records) gets its taker phase (``RoutedEntries.to_taker``: slippage cap and guard);
-- done but not opened (a crash between the last fill and the ``opened`` event): opened now.
+  an entry cancelled between slices (a flip, the kill switch) opened its position then
+  (``Executor._cancel_entry``), so it is not taken for one;
+- done but not opened (a crash between the last fill and the ``opened`` event): opened now. A maker
+  that ended with no slice after it is done: its taker phase was refused (slippage cap, guard: a
+  decision on record) or not needed.
 
 Its position opens, once the entry is done, with the fills of all its orders (those before the
 restart from their records: one execution per order at its average price, as
@@ -262,13 +264,10 @@ class RoutedRestore:
             return
         qty, filled = entry.size.qty, entry.filled_qty
         go_on = (st.resume is not None or st.reenter) and self._young(entry)
-        if records.last == MAKER:
-            due = rec.get("reason") == "maker_timeout" and rec["state"] != "FILLED" and plan.go_taker(filled, qty)
-            if due and go_on:
-                self._register(entry)
-                ex.entry_flow.routed.to_taker(entry, plan, st.now_ms)
-                return
-        elif rec["state"] == "FILLED" and entry.slices_sent < plan.slices and qty - filled > 1e-9 * qty and go_on:
+        # a maker that ended with no slice after it is done: its taker phase was refused (slippage cap,
+        # guard) or not needed (theta); resuming it would undo a decision on record
+        sliced = records.last != MAKER and rec["state"] == "FILLED" and entry.slices_sent < plan.slices
+        if sliced and qty - filled > 1e-9 * qty and go_on:
             self._register(entry)
             entry.due_ms = int(rec["event_time"]) + plan.delay_ms(entry.signal.signal_id, entry.slices_sent)
             return

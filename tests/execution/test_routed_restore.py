@@ -32,18 +32,19 @@ def routed(theta: float = 0.5) -> ExecutorConfig:
     return ExecutorConfig.model_validate({"entry": {"kind": "routed"}, "routing": {"taker_below_fill_ratio": theta}})
 
 
-def book(h: Harness, t: int, bid_qty: float = 1e6) -> None:
+def book(h: Harness, t: int, bid_qty: float = 1e6, bid: float = 99.9, ask: float = 100.0) -> None:
     """Bid 99.9 (``bid_qty`` resting there, ahead of a maker bid), ask 100.0 with 1e6 (a slice fills at 100)."""
     h.now = max(h.now, t)
     rec = {"exchange": EXCHANGE, "symbol": SYMBOL, "last_update_id": t, "event_time": t, "receive_time": t}
-    rec |= {"bids": [{"price": 99.9, "qty": bid_qty}], "asks": [{"price": 100.0, "qty": 1e6}], "obi_10": 0.0}
+    rec |= {"bids": [{"price": bid, "qty": bid_qty}], "asks": [{"price": ask, "qty": 1e6}], "obi_10": 0.0}
     h.ex.on_book(rec, h.now)
 
 
 def restarted(
-    h: Harness, now: int, signal: dict[str, Any], *, cut: bool = True, mode: str = "paper", broker: Any = None
+    h: Harness, now: int, *signals: dict[str, Any], cut: bool = True, mode: str = "paper", broker: Any = None
 ) -> tuple[Harness, dict[str, int]]:
-    """A new executor restored at ``now`` from what ``h``'s published (the signal readable by id)."""
+    """A new executor restored at ``now`` from what ``h``'s published (the signals readable by id)."""
+    by_id = {s["signal_id"]: s for s in signals}
     new = Harness(h.config, now=now, warm=False)
     if broker is not None:
         new.broker = broker
@@ -54,7 +55,7 @@ def restarted(
         [r for t, _, r in records if t == "orders"],
         [r for t, _, r in records if t == "risk.events"],
         now,
-        signals=lambda ids: {signal["signal_id"]: signal} if signal["signal_id"] in ids else {},
+        signals=lambda ids: {sid: by_id[sid] for sid in ids if sid in by_id},
         committed_cut=cut,
     )
     new.now = now
@@ -262,6 +263,44 @@ def test_paper_without_a_committed_cut_opens_what_a_routed_entry_filled():
     assert not new.ex.entries and not sent(new)
     [opened] = new.positions("opened")
     assert opened["qty"] == pytest.approx(8 / 3)
+
+
+def test_an_entry_cancelled_between_slices_opens_what_filled_and_is_not_resumed_by_a_restart():
+    """A flip (SHORT, is_flip) while the LONG entry waits for slice 2: the entry is cancelled with no
+    order open; its 8/3 filled opens a position (before this, they were dropped and a restart would
+    have taken the entry for one between slices). The restart then rebuilds only the SHORT's maker."""
+    h, sig = _first_slice_filled()
+    flip = signal_record(risk=25.0, direction="SHORT", is_flip=True, eval_time=T0 + 2700)
+    assert h.signal_rec(flip).allowed
+    [opened] = h.positions("opened")
+    assert (opened["position_id"], opened["direction"]) == (position_id(sig["signal_id"]), "LONG")
+    assert opened["qty"] == pytest.approx(8 / 3) and opened["r_usd"] == pytest.approx(200.0 / 3)
+    new, summary = restarted(h, T0 + 2800, sig, flip)
+    assert summary == {"positions": 1, "orders_resumed": 1, "orders_cancelled": 0}
+    [entry] = new.ex.entries.values()
+    assert entry.signal.signal_id == flip["signal_id"] and entry.request.client_order_id == client_order_id(
+        flip["signal_id"], "entry"
+    )
+    book(new, T0 + 2800)
+    new.clock(T0 + 2800 + slice_delay_ms(800, 0.2, 0, sig["signal_id"], 1))
+    assert not sent(new)  # nothing for the LONG's entry
+
+
+def test_a_taker_phase_refused_before_a_restart_stays_refused():
+    """The maker's 2 s end with nothing filled while the mid is 101.05 (105 bp from the signal's 100, cap
+    10 bp): no slice, ``slippage_cap``. Restarted with the price back at 100, the entry is not resumed."""
+    sig = signal_record(risk=50.0)
+    h = Harness(routed(0.5))
+    book(h, T0)
+    h.signal_rec(sig)
+    book(h, T0 + 1900, bid=101.0, ask=101.1)
+    h.clock(T0 + 2000)
+    assert [r["reason"] for r in h.risk("slippage_cap")] == ["slippage_cap"] and len(sent(h)) == 1
+    new, summary = restarted(h, T0 + 2100, sig)
+    assert summary == {"positions": 0, "orders_resumed": 0, "orders_cancelled": 0}
+    book(new, T0 + 2100)
+    new.clock(T0 + 5000)
+    assert not new.ex.entries and not sent(new) and not new.positions()
 
 
 class RestingExchange(PaperBroker):
