@@ -713,6 +713,8 @@ def test_records_taken_from_a_fetch_count_as_read_only_once_the_handler_has_them
         _next_offset={},
         _fetched_next={},
         _start_offset={tp: 100},  # where the committed offsets put the restarted worker
+        _taken_at={},
+        _takes=0,
         highwater=lambda _tp: 300,
     )
     consumer.read_position = types.MethodType(BulkConsumer.read_position, consumer)
@@ -726,3 +728,58 @@ def test_records_taken_from_a_fetch_count_as_read_only_once_the_handler_has_them
     assert consumer.read_position(tp) == 300 and consumer.caught_up(tp)
     asyncio.run(BulkConsumer._track_offsets(consumer, tp, fetch))  # a re-fetch of the same records
     assert consumer.read_position(tp) == 300  # nothing new to take over: still read to 300
+
+
+def test_records_taken_while_the_seek_to_committed_offsets_runs_stay_read():
+    """At the end of a table recovery Faust resumes the inputs, then seeks every partition to its
+    committed offset: one round trip per partition in the consumer thread, while the fetch loop keeps
+    taking fetches. md.indicators[4], already sought, was read to its end (12..23) and handed over in
+    that time; aiokafka will not deliver those records again. The seek's return reset its read offset
+    to 12 and forgot the hand-over: read to 12 of 24 for good, its keys' inputs held until the test's
+    deadline (a fresh clone's rebalance test, 4,674 held), and record 24 would have made 13..23 a gap.
+    A partition nobody read during the seek reads from its committed offset, as Faust does."""
+    import asyncio
+    import types
+
+    from aiokafka.structs import TopicPartition
+    from faust.types import TP
+
+    from stream_apps.faust_app.bulk_consumer import BulkConsumer
+
+    taken, idle = TP("md.indicators", 4), TP("md.indicators", 2)
+    gaps: list[tuple[TP, int, int]] = []
+
+    async def add_gap(tp, start, end):
+        gaps.append((tp, start, end))
+
+    consumer = BulkConsumer.__new__(BulkConsumer)  # the bookkeeping only: no Faust service, no broker
+    consumer.__dict__.update(
+        _read_offset=defaultdict(lambda: None),
+        _committed_offset=defaultdict(lambda: None),
+        _next_offset={},
+        _fetched_next={},
+        _start_offset={},
+        _taken_at={},
+        _takes=0,
+        _add_gap=add_gap,
+        app=types.SimpleNamespace(topics=types.SimpleNamespace(acks_enabled_for=lambda topic: True)),
+        highwater={taken: 24, idle: 40}.get,
+    )
+
+    def records(first: int, end: int) -> list:
+        return [types.SimpleNamespace(offset=o) for o in range(first, end)]
+
+    async def seek_in_the_thread():  # what the fetch loop does during the thread's awaits
+        kept = await consumer._track_offsets(taken, records(12, 24))
+        consumer.hand_over({taken: kept})
+        return {TopicPartition(*taken): 12, TopicPartition(*idle): 30}
+
+    consumer.__dict__["_thread"] = types.SimpleNamespace(seek_to_committed=seek_in_the_thread)
+    asyncio.run(consumer.perform_seek())
+
+    assert consumer.read_position(taken) == 24 and consumer.caught_up(taken)
+    assert consumer.read_position(idle) == 30 and not consumer.caught_up(idle)  # from its committed offset
+    assert consumer._read_offset[idle] == 30 and consumer._committed_offset[idle] == 30
+    assert len(asyncio.run(consumer._track_offsets(taken, records(24, 25)))) == 1
+    assert gaps == []  # 13..23 were read, not skipped
+    assert len(asyncio.run(consumer._track_offsets(idle, records(30, 40)))) == 10 and gaps == []
