@@ -54,19 +54,37 @@ def synthetic_argv(s: SyntheticSpec, ws_port: int, rest_port: int) -> list[str]:
     ]
 
 
+#: ``dated_at_launch``: the session's first event time this far after the fake exchange's launch, about
+#: when the producer (launched next, once the exchange answers) subscribes and the play begins
+LAUNCH_TO_PLAY_S = 2.0
+
+
 class SyntheticExchange(FakeExchangeService):
     """The fake exchange playing a synthetic session at real-time speed, starting now; its REST
     aggTrades show only the trades already played, as Binance's do (a restarted producer's catch-up
-    must not see the future)."""
+    must not see the future).
 
-    def __init__(self, settings, paths, spec: SyntheticSpec, start: str = "first_subscriber") -> None:
+    ``dated_at_launch``: the session's event times start at the exchange's launch (`LAUNCH_TO_PLAY_S`
+    after it) instead of the spec's ``start_time``, so the trades the producer hears are dated about
+    when it hears them, as a live exchange's are. A live producer's first start anchors its chain at the
+    first trade dated at or after its own start (`TradeRepairs.anchor`) and holds every trade until REST
+    shows one: with a spec dated when the test began, a stack that took 70 s to start under load found
+    the whole 50-s session dated before it, held it 60 s (the anchor's timeout) and delivered it at once,
+    after the session had ended and before any fault. Agg ids do not depend on the date."""
+
+    def __init__(
+        self, settings, paths, spec: SyntheticSpec, start: str = "first_subscriber", dated_at_launch: bool = False
+    ) -> None:
         super().__init__(settings, paths)
-        self.spec, self.start = spec, start
+        self.spec, self.start, self.dated_at_launch = spec, start, dated_at_launch
 
     def prepare(self) -> Launch:
+        spec = self.spec
+        if self.dated_at_launch:
+            spec = spec.model_copy(update={"start_time": time.time() + LAUNCH_TO_PLAY_S})
         return Launch(
             argv=[
-                *synthetic_argv(self.spec, self.ws_port, self.rest_port),
+                *synthetic_argv(spec, self.ws_port, self.rest_port),
                 "--speed",
                 "1",
                 "--start",
@@ -200,10 +218,12 @@ def live_stack(
     start: str = "first_subscriber",
     startup_timeout_s: float = 60.0,
     replay_speed: str | None = None,
+    dated_at_launch: bool = False,
 ) -> Iterator[RunningStack]:
     """Start the stack (broker, database, sink, engine, executor, fake exchange, live producer) under
     ``home``; supervise it on a thread until the block ends.
     ``start="session_time"`` plays each frame at its own receive time (event times = the wall clock's).
+    ``dated_at_launch``: the session dated from the fake exchange's launch (`SyntheticExchange`).
     ``replay_speed`` (e.g. "max"): replay the session instead, as `up --source replay:DIR` does."""
     saved = {k: os.environ.get(k) for k in ("TAPEFLOW_SYMBOLS", "TAPEFLOW_WARM_START_HOURS", *(env or {}))}
     os.environ.update({"TAPEFLOW_SYMBOLS": ",".join(spec.symbols), "TAPEFLOW_WARM_START_HOURS": "0", **(env or {})})
@@ -226,7 +246,7 @@ def live_stack(
         probe = Supervisor(settings, paths, say=say)  # the services `up` would run
         services = [s for s in probe.services if s.name not in ("producer", "fake-exchange")]
         if replay_speed is None:
-            fake = SyntheticExchange(settings, paths, spec, start)
+            fake = SyntheticExchange(settings, paths, spec, start, dated_at_launch)
             services += [fake, LiveProducer(settings, paths, fake)]
         else:
             replay = SyntheticReplay(settings, paths, spec, replay_speed)

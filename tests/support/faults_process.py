@@ -328,6 +328,16 @@ def _statuses(stack, names: tuple[str, ...]) -> dict[str, tuple[bool, str]]:
     return {c.name: (c.healthy, c.detail) for c in stack_status(stack.sup.settings, stack.sup.paths) if c.name in names}
 
 
+def session_played(stack) -> str:
+    """How far the fake exchange has played its session, e.g. ``"812/2540 frames"`` or ``"finished"``:
+    in the detail at each fault, as evidence that it landed while trades flowed."""
+    fake = next(s for s in stack.sup.services if s.name == "fake-exchange")
+    code, body = http_json(f"http://127.0.0.1:{fake.rest_port}/_control/status")
+    if code != 200:
+        return f"HTTP {code}"
+    return "finished" if body.get("finished") else f"{body.get('position')}/{body.get('frames_total')} frames"
+
+
 def _health_url(stack, name: str) -> str:
     from tapeflow_runtime.process_records import ProcessRecord
 
@@ -390,7 +400,10 @@ def stack_process_faults(
     detail: dict[str, Any] = {"expected": (count, first, last), "phases": {}}
     t0 = time.monotonic()
     db_down_s = recover_db = recover_stall = None
-    with live_stack(home, spec) as stack:
+    # the session dated from the exchange's launch (`SyntheticExchange`): its trades flow once the stack is
+    # up, so the faults land in it (dated when the test began, a stack slow to start under load got the
+    # whole session at once after it had ended, and nothing was left to resume after the SIGSTOP)
+    with live_stack(home, spec, dated_at_launch=True) as stack:
         run = _FaultRun(stack, symbol, count, detail, t0)
         flowing = poll(lambda: _features_stored(stack) > 0 and run.stored() > 0, 120, 0.25)
         assert flowing, "the pipeline never stored a feature\n" + "\n".join(stack.log)
@@ -458,6 +471,7 @@ def _sigstop_engine_sink(run: _FaultRun, stop_s: float) -> tuple[dict[str, int],
     feature stored (None: none within a minute)."""
     stack, detail = run.stack, run.detail
     pids = {name: stack.service_pid(name) for name in run.watched}
+    detail["session_at_stop"] = session_played(stack)
     t_stop = time.monotonic()
     for pid in pids.values():
         os.killpg(pid, signal.SIGSTOP)
