@@ -46,11 +46,6 @@ from .durations import parse_duration_ms
 FORMAT = "tapeflow-confidence-model/1"
 PLAN_SIZE_MAP = ((0.85, 1.2), (0.6, 1.0), (0.4, 0.5), (0.0, 0.0))  # p above the bound -> multiplier
 DEFAULT_MAX_SIZE_MULT = 1.8  # the plan's largest product: the heavy tier's 1.5 x the top band's 1.2
-Z_CLIP = 5.0
-LOGIT_CLIP = 50.0
-CALIBRATED_RANGE = (0.001, 0.999)
-EPS = 1e-6
-ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float constant)
 _LEARNERS = ("lightgbm", "logistic")
 SIGN_FEATURE = "direction_sign"
 STRATEGY_INPUTS = ("cvd_fast", "cvd_mid", "cvd_fast_slope", "cvd_fast_accel", "large_net_qty_15m")
@@ -128,7 +123,7 @@ class ConfidenceModel:
             self.coef,
             self.coef_sign,
             self.intercept,
-            self.calibration,
+            self.calibration == _ISOTONIC,  # the loop's flag: isotonic, else Platt
             self.cal_x,
             self.cal_y,
             self.cal_a,
@@ -314,14 +309,3 @@ def _trees(text: str, k: int, source: str) -> dict[str, np.ndarray]:
 def file_sha256(path: str | Path) -> str:
     """The sha256 a strategy names for a model file (``tapeflow`` users copy it from here or ``sha256sum``)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def __getattr__(name: str) -> Any:
-    """``cooldown_model_rows`` from ``confidence_kernels``, imported on first use (PEP 562): the compiled
-    loops import numba (~0.5 CPU-s), which the processes that only read strategy files (the executor,
-    the UI, the CLI) never need."""
-    if name == "cooldown_model_rows":
-        from .confidence_kernels import cooldown_model_rows
-
-        return cooldown_model_rows
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .confidence import SIGN_FEATURE, STRATEGY_INPUTS, cooldown_model_rows, cvd_feature
+from .confidence import SIGN_FEATURE, STRATEGY_INPUTS, cvd_feature
+from .confidence_kernels import cooldown_model_rows
 from .features import SCALAR_FIELDS
 from .frame import FeatureFrame, duration_name
 from .kernels import NONE_TIME
@@ -163,7 +164,7 @@ def model_cooldown(
     fired: np.ndarray,
     flips: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``kernels.cooldown_rows`` over ``rows`` with the strategy's model (``confidence.cooldown_model_rows``):
+    """``kernels.cooldown_rows`` over ``rows`` with the strategy's model (``confidence_kernels.cooldown_model_rows``):
     ``(p_win, band, skipped)`` per row of the frame (NaN / 0 / False where the model did not judge). The
     features are gathered for the candidate rows not already in a cooldown that started before this frame
     (a row in one stays in it whatever the model says); the model runs where it decides."""

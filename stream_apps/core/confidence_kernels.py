@@ -2,18 +2,23 @@
 
 Apart from ``confidence`` so that reading a strategy file (which validates its ``model:`` section with
 ``confidence``) imports no numba: the executor, the UI and the CLI read strategies and never predict.
-The engine imports this module on its first prediction. The numbers and rules are ``confidence``'s
-(its docstring); the packed arrays are ``ConfidenceModel.packed``.
+The engine imports this module on its first prediction. The rules are ``confidence``'s (its docstring); the packed arrays are ``ConfidenceModel.packed``.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
-from .confidence import _ISOTONIC, CALIBRATED_RANGE, EPS, LOGIT_CLIP, Z_CLIP, ZERO_THRESHOLD
 from .kernels import cooling, fire
+
+Z_CLIP = 5.0  # a standardised value's clip (backtest.research.model's)
+LOGIT_CLIP = 50.0
+CALIBRATED_RANGE = (0.001, 0.999)
+EPS = 1e-6
+ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float constant)
 
 
 @njit(cache=True)
@@ -93,7 +98,7 @@ def _verdict(x, i, sign, m):  # pragma: no cover - compiled
     else:
         raw = _linear(x, i, sign, m[9], m[10], m[11], m[12], m[13])
     p = _sigmoid(raw)
-    if m[14] == _ISOTONIC:
+    if m[14]:  # isotonic, else Platt
         q = _interp(p, m[15], m[16])
     else:
         c = min(max(p, EPS), 1.0 - EPS)

@@ -428,7 +428,7 @@ def cooldown_rows(
     """The candidate rows (time order) that fire: not within ``cooldown_ms`` of the same direction's
     last signal on this symbol (``cooling``; a firing row may be a flip: ``fire``). ``state`` = [last
     LONG time, last SHORT time, previous direction (0 none), previous time] is read and updated
-    (``CooldownBook``'s entries for this symbol). ``core.confidence.cooldown_model_rows`` is this loop
+    (``CooldownBook``'s entries for this symbol). ``core.confidence_kernels.cooldown_model_rows`` is this loop
     with the confidence model's veto."""
     for j in range(candidates.shape[0]):
         i = candidates[j]
