@@ -1,6 +1,7 @@
 """Fault suite, process faults on one live stack (`tests.support.endurance.live_stack`: the
-stack as `tapeflow up` runs it, the producer live against the fake exchange playing a synthetic
-session): engine and sink SIGSTOPped past the consumer session timeout, then the sink's PostgreSQL
+stack as `tapeflow up` runs it less the labels, guardrail and ui services, which the faults do not
+touch; the producer live against the fake exchange playing a synthetic session dated from its
+launch): engine and sink SIGSTOPped past the consumer session timeout, then the sink's PostgreSQL
 backend SIGKILLed mid-statement (crash recovery of the whole cluster), then the whole database
 SIGSTOPped (unresponsive, as behind a network that drops packets). Every trade the exchange played reaches
 md.trades and the trades table exactly once, no feature or signal id twice, outputs resume, and

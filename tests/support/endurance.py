@@ -219,11 +219,14 @@ def live_stack(
     startup_timeout_s: float = 60.0,
     replay_speed: str | None = None,
     dated_at_launch: bool = False,
+    without: tuple[str, ...] = (),
 ) -> Iterator[RunningStack]:
     """Start the stack (broker, database, sink, engine, executor, fake exchange, live producer) under
     ``home``; supervise it on a thread until the block ends.
     ``start="session_time"`` plays each frame at its own receive time (event times = the wall clock's).
     ``dated_at_launch``: the session dated from the fake exchange's launch (`SyntheticExchange`).
+    ``without``: services `up` would run that are left out (a test whose faults and assertions do not
+    touch them saves their start and stop: labels, guardrail and ui took 25 s to start at load 25).
     ``replay_speed`` (e.g. "max"): replay the session instead, as `up --source replay:DIR` does."""
     saved = {k: os.environ.get(k) for k in ("TAPEFLOW_SYMBOLS", "TAPEFLOW_WARM_START_HOURS", *(env or {}))}
     os.environ.update({"TAPEFLOW_SYMBOLS": ",".join(spec.symbols), "TAPEFLOW_WARM_START_HOURS": "0", **(env or {})})
@@ -244,7 +247,7 @@ def live_stack(
             startup_timeout_s=startup_timeout_s,
         )
         probe = Supervisor(settings, paths, say=say)  # the services `up` would run
-        services = [s for s in probe.services if s.name not in ("producer", "fake-exchange")]
+        services = [s for s in probe.services if s.name not in ("producer", "fake-exchange", *without)]
         if replay_speed is None:
             fake = SyntheticExchange(settings, paths, spec, start, dated_at_launch)
             services += [fake, LiveProducer(settings, paths, fake)]

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.faults_process import _statuses, row, session_played
+from tests.support.faults_process import UNTOUCHED, _statuses, row, session_played
 from tests.support.waiting import poll
 
 
@@ -85,7 +85,8 @@ def database_disk_full(
     watched = ("database", "sink")
     with (
         small_tmpfs(home / "postgres", size=size, mode="0755") as pgdir,
-        live_stack(home, spec, dated_at_launch=True) as stack,  # trades flow from the stack's start, not before
+        # trades flow from the stack's start, not before; labels, guardrail and ui are not in the sink's path
+        live_stack(home, spec, dated_at_launch=True, without=UNTOUCHED) as stack,
     ):
         _flowing(stack, symbol)
         db_pid = stack.service_pid("database")

@@ -361,6 +361,11 @@ def _sink_backends(stack) -> list[tuple[int, str, str]]:
     ]
 
 
+#: services of `tapeflow up` that the process faults and their checks do not touch (none of them is in
+#: the trades' or the features' path): left out of the stack, which then starts and stops sooner
+UNTOUCHED = ("labels", "guardrail", "ui")
+
+
 def stack_process_faults(
     home: Path,
     *,
@@ -403,7 +408,7 @@ def stack_process_faults(
     # the session dated from the exchange's launch (`SyntheticExchange`): its trades flow once the stack is
     # up, so the faults land in it (dated when the test began, a stack slow to start under load got the
     # whole session at once after it had ended, and nothing was left to resume after the SIGSTOP)
-    with live_stack(home, spec, dated_at_launch=True) as stack:
+    with live_stack(home, spec, dated_at_launch=True, without=UNTOUCHED) as stack:
         run = _FaultRun(stack, symbol, count, detail, t0)
         flowing = poll(lambda: _features_stored(stack) > 0 and run.stored() > 0, 120, 0.25)
         assert flowing, "the pipeline never stored a feature\n" + "\n".join(stack.log)
