@@ -11,7 +11,8 @@ signal is computable by hand, and the price path after it drives the executor th
   constant flow means zero CVD acceleration: +0. Score 40 = entry => a standard LONG.
 - the first evaluation covered by 10 minutes of data is at S + 600 s (a multiple of 15 s): the signal.
   Price = the last trade before it (k = 59: 100 + 59 mod 3 = 102), ATR 2 => R = 2.
-- the executor (defaults: 10,000 USDT x 2 % = 200 USDT per R, taker fee 0.05 %) with 2 bps slippage:
+- the executor (defaults: 10,000 USDT x 2 % = 200 USDT per R, taker fee 0.05 %) with 2 bps slippage and
+  market entries (``entry.kind: taker``, pinned: the hand computations are of one market entry):
   the market entry fills at the first trade at or after S + 600 s, at its price x 1.0002; qty = 200 / 2.
   Levels are re-anchored at that trade's price P: SL P - 2, TP1 P + 2, TP2 P + 4. A crossed level is
   sent at the trade that crosses it and filled at the next trade (x 0.9998 for sells).
@@ -23,7 +24,7 @@ import pytest
 
 from backtest.runner import BacktestRunner
 from backtest.sources.records import RecordSource
-from execution.config import ExecutorConfig, PaperFills
+from execution.config import EntryPolicy, ExecutorConfig, PaperFills
 from stream_apps.core.strategy import StrategyConfig, parse_strategy
 
 S = 1_704_067_200_000  # 2024-01-01 00:00 UTC
@@ -45,6 +46,7 @@ STRATEGY_5MIN = parse_strategy({**SPEC, "exits": {**SPEC["exits"], "timeout_min"
 SLIP = 0.0002  # 2 bps
 FEE = 0.0005
 R_USD = 200.0
+TAKER = EntryPolicy(kind="taker")
 QTY = 100.0  # 200 USDT / R of 2
 
 
@@ -82,7 +84,7 @@ def run(
     config: ExecutorConfig | None = None,
     strategy: StrategyConfig = STRATEGY,
 ):
-    config = config or ExecutorConfig(paper=PaperFills(slippage_bps=2.0))
+    config = config or ExecutorConfig(entry=TAKER, paper=PaperFills(slippage_bps=2.0))
     end = trades[-1]["trade_time"] + SEC
     source = RecordSource("hand", EX, [SYM], S, end, trades=trades, marks=list(marks))
     return BacktestRunner([strategy], config).run(source)
@@ -173,7 +175,9 @@ def test_take_profit_after_tp1():
 
 
 def test_timeout_closes_at_market_after_the_strategys_timeout():
-    config = ExecutorConfig(paper=PaperFills(slippage_bps=2.0), timeout_min=240)  # the default: not what runs
+    config = ExecutorConfig(
+        entry=TAKER, paper=PaperFills(slippage_bps=2.0), timeout_min=240
+    )  # the default: not what runs
     # opened at 600 s; the first trade 300 s later (k=90, 900 s) times it out; k=91 fills at 103
     result = run(market({60: 102.0, 61: 103.0}, 91), config=config, strategy=STRATEGY_5MIN)
     check_signal(result, STRATEGY_5MIN)
@@ -188,7 +192,9 @@ def test_timeout_closes_at_market_after_the_strategys_timeout():
 
 
 def test_the_executors_timeout_setting_does_not_override_the_strategys():
-    config = ExecutorConfig(paper=PaperFills(slippage_bps=2.0), timeout_min=5)  # a default for signals without one
+    config = ExecutorConfig(
+        entry=TAKER, paper=PaperFills(slippage_bps=2.0), timeout_min=5
+    )  # a default for signals without one
     first = f"hand:{STRATEGY.config_hash}:{EX}:{SYM}:{S + 600 * SEC}:LONG"
     # the strategy's 240 minutes run: still open 2 hours after the entry at 600 s (later signals of the
     # slot, one per 60-minute cooldown, are refused: position_open)
@@ -210,5 +216,5 @@ def test_slicing_does_not_change_the_result():
     results = []
     for slice_ms in (1_000, 7_000, 60_000, 3_600_000):
         source = RecordSource("hand", EX, [SYM], S, end, trades=trades, slice_ms=slice_ms)
-        results.append(BacktestRunner([STRATEGY], ExecutorConfig()).run(source).trades)
+        results.append(BacktestRunner([STRATEGY], ExecutorConfig(entry=TAKER)).run(source).trades)
     assert all(r == results[0] for r in results) and len(results[0]) == 1

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from backtest.runner import BacktestRunner
 from backtest.sources.records import RecordSource
 from execution.binance_broker import BinanceBroker
-from execution.config import ExecutorConfig, Fees, PaperFills, RiskLimits
+from execution.config import EntryPolicy, ExecutorConfig, Fees, PaperFills, RiskLimits
 from execution.executor import Executor, ListSink
 from execution.management import Management
 from execution.paper_broker import PaperBroker
@@ -36,6 +36,7 @@ pytestmark = pytest.mark.timeout(120)
 STRATEGY = parse_strategy({**SPEC, "exits": {**SPEC["exits"], "tp2_r": 4.0}})
 TAKER = 0.0004  # the fake exchange's taker fee
 CONFIG = ExecutorConfig(
+    entry=EntryPolicy(kind="taker"),  # the hand-computed path is of one market entry
     fees=Fees(taker=TAKER),
     paper=PaperFills(fills="tape"),
     management_by_strategy={"hand": Management(enabled=True, leverage=10.0, exit_fee=TAKER)},
