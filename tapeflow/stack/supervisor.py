@@ -590,10 +590,17 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
             start_new_session=True,
             env=child_env(settings, paths),
         )
-    deadline = time.monotonic() + settings.startup_timeout_s + 15
+    # the supervisor bounds each service's start (startup_timeout_s) and exits when one fails: wait while
+    # it makes progress (a line per service started), so a stack that starts slowly on a loaded machine is
+    # not reported failed (and left running) while it is still coming up, as a fixed deadline for the
+    # whole stack (startup_timeout_s + 15, when one service may take startup_timeout_s) did at load 25
+    patience = settings.startup_timeout_s + 15
+    deadline, seen = time.monotonic() + patience, 0
     while time.monotonic() < deadline:
         code = proc.poll()
         text = _read_from(log_path, start)
+        if len(text) > seen:
+            deadline, seen = time.monotonic() + patience, len(text)
         if "stack healthy in" in text:
             for line in text.splitlines():
                 say(line)
