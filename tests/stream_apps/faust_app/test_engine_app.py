@@ -426,6 +426,10 @@ def test_workers_joining_and_crashing_keep_outputs_correct(
     what it holds. This test found an engine bug: a key whose first fetch held only a liquidation
     13 s into the session sealed those 13 s and dropped 31-41 trades per symbol as late (fails without the fix in
     ``Engine.process``; unit test ``test_an_input_arriving_first_does_not_seal_the_seconds_before_it``).
+    And one in the worker's consumer: `two` read every md.indicators partition to its end while its
+    seek to the committed offsets ran, the seek's return forgot it, and 4,674 inputs waited for those
+    partitions until the deadline (``BulkConsumer.perform_seek``; unit test
+    ``test_records_taken_while_the_seek_to_committed_offsets_runs_stay_read``).
     A forced release (a partition that delivered nothing for ``max_hold_s`` releases everything
     held) is the lossy escape hatch for a stuck partition and exact parity cannot survive one, so
     the hold here is 300 s and none may happen (with 60 s, `two` once force-released while the feed
