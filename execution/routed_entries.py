@@ -149,7 +149,7 @@ class RoutedEntries:
             return
         left = entry.size.qty - entry.filled_qty
         if ev.state == "FILLED" and entry.slices_sent < plan.slices and left > 1e-9 * entry.size.qty:
-            entry.due_ms = now_ms + plan.delay_ms(entry.signal.signal_id, entry.slices_sent)
+            entry.due_ms = now_ms + plan.delay_ms(entry.signal, entry.slices_sent)
             return
         self.finish(entry)
 

@@ -269,7 +269,7 @@ class RoutedRestore:
         sliced = records.last != MAKER and rec["state"] == "FILLED" and entry.slices_sent < plan.slices
         if sliced and qty - filled > 1e-9 * qty and go_on:
             self._register(entry)
-            entry.due_ms = int(rec["event_time"]) + plan.delay_ms(entry.signal.signal_id, entry.slices_sent)
+            entry.due_ms = int(rec["event_time"]) + plan.delay_ms(entry.signal, entry.slices_sent)
             return
         if entry.fills:
             ex.entry_flow._open(entry)

@@ -19,8 +19,9 @@ Degradation (``execution.degradation``, set by the SLO monitor): ``market_only``
 
 Determinism: the router reads no wall clock and no global random state. Times are the executor's
 ``now_ms`` and the books' event times, so a backtest and the live service make the same decisions on
-the same inputs; the slice jitter is a hash of (``jitter_seed``, signal id, slice number), so the same
-signal gets the same schedule everywhere. Client order ids of the slices derive from the signal id
+the same inputs; the slice jitter is a hash of (``jitter_seed``, the signal's market, evaluation time and
+direction, slice number: ``jitter_key``), so the same signal gets the same schedule everywhere, and so
+does a renamed revision of its strategy (an A/B candidate). Client order ids of the slices derive from the signal id
 (``client_ids``: the maker order is the signal's ``entry`` id, slice k its ``entry_fallback`` id with
 attempt k), so a re-delivered signal or a restart never sends a slice twice.
 """
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from execution.degradation import NONE, DegradationFlags
-from execution.domain import BookTop, Side
+from execution.domain import BookTop, Side, Signal
 from stream_apps.core.routing_table import LiquidityProbe, RouteBucket, RoutingTable
 
 MINUTE_MS = 60_000
@@ -56,16 +57,24 @@ def split_qty(qty: float, slices: int) -> list[float]:
     return [part] * (slices - 1) + [qty - part * (slices - 1)]
 
 
-def jitter_fraction(seed: int, signal_id: str, slice_no: int) -> float:
-    """A number in [-1, 1) from (seed, signal id, slice number) alone: BLAKE2b rather than ``random``
+def jitter_key(signal: Signal) -> str:
+    """What an entry's slice jitter is drawn from (with the seed and the slice number): the signal's
+    market, evaluation time and direction. Not its id, which names the strategy and its revision: two
+    revisions entering the same market at the same moment (an A/B run, ``strategy simulate``'s candidate,
+    which runs under another name) get the same schedule, so they differ only by their rules."""
+    return f"{signal.exchange}:{signal.symbol}:{signal.eval_time}:{signal.direction}"
+
+
+def jitter_fraction(seed: int, key: str, slice_no: int) -> float:
+    """A number in [-1, 1) from (seed, ``jitter_key``, slice number) alone: BLAKE2b rather than ``random``
     so nothing depends on a process's random state and live and backtest draw the same number."""
-    digest = hashlib.blake2b(f"{seed}:{signal_id}:{slice_no}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}:{key}:{slice_no}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**63 - 1.0
 
 
-def slice_delay_ms(interval_ms: int, jitter: float, seed: int, signal_id: str, slice_no: int) -> int:
+def slice_delay_ms(interval_ms: int, jitter: float, seed: int, key: str, slice_no: int) -> int:
     """Time from one taker slice to slice ``slice_no``: the interval moved by at most +/- ``jitter`` of it."""
-    return max(0, round(interval_ms * (1.0 + jitter * jitter_fraction(seed, signal_id, slice_no))))
+    return max(0, round(interval_ms * (1.0 + jitter * jitter_fraction(seed, key, slice_no))))
 
 
 def spread_bps(book: BookTop) -> float | None:
@@ -177,8 +186,8 @@ class RoutePlan:
         tail = f" {self.note}" if self.note else ""
         return f"route {self.label} n={self.notional:.2f} {role} {slice_no}/{max(self.slices, slice_no)}{tail}"
 
-    def delay_ms(self, signal_id: str, slice_no: int) -> int:
-        return slice_delay_ms(self.slice_interval_ms, self.jitter, self.seed, signal_id, slice_no)
+    def delay_ms(self, signal: Signal, slice_no: int) -> int:
+        return slice_delay_ms(self.slice_interval_ms, self.jitter, self.seed, jitter_key(signal), slice_no)
 
     def go_taker(self, filled: float, qty: float) -> bool:
         """After the maker wait: below theta the rest goes to the taker slices (nothing filled: always)."""

@@ -19,13 +19,19 @@ import pytest
 from execution.broker import BrokerEvent, OrderRequest
 from execution.client_ids import client_order_id, position_id
 from execution.config import ExecutorConfig
+from execution.domain import Signal
 from execution.executor import Executor
 from execution.paper_broker import PaperBroker
-from execution.routing import RoutePlan, parse_route, slice_delay_ms
+from execution.routing import RoutePlan, jitter_key, parse_route, slice_delay_ms
 from review.routing_tca import parse_reason
 from tests.support.execution import EXCHANGE, SYMBOL, T0, Harness, signal_record
 
 MAKER_FEE, TAKER_FEE = 0.0002, 0.0005
+
+
+def key(rec: dict[str, Any]) -> str:
+    """The jitter key of a signal record (``execution.routing.jitter_key``)."""
+    return jitter_key(Signal.from_record(rec))
 
 
 def routed(theta: float = 0.5) -> ExecutorConfig:
@@ -116,7 +122,7 @@ def test_a_maker_resting_at_a_restart_keeps_its_wait_from_its_send_time_and_goes
     assert (entry.plan, entry.submitted_ms, entry.slices_sent, entry.filled_qty) == (plan, T0, 0, 1.0)
     assert entry.request.post_only and entry.request.price == 99.9
 
-    delay = slice_delay_ms(600, 0.2, 0, sid, 1)
+    delay = slice_delay_ms(600, 0.2, 0, key(sig), 1)
     for run in (h, new):  # the same inputs to the executor that went on and to the restarted one
         book(run, T0 + 1500, bid_qty=1.0)
         run.clock(T0 + 1999)
@@ -157,7 +163,7 @@ def _first_slice_filled() -> tuple[Harness, dict[str, Any]]:
 def _finish_after(new: Harness, sig: dict[str, Any], t: int) -> None:
     """Slice 2 was sent at ``t``: it fills 100 ms later, slice 3 goes out after its delay and fills."""
     new.trade(100.0, t + 100)
-    d2 = slice_delay_ms(800, 0.2, 0, sig["signal_id"], 2)
+    d2 = slice_delay_ms(800, 0.2, 0, key(sig), 2)
     new.clock(t + 100 + d2 - 1)
     assert len(sent(new)) == 1
     new.clock(t + 100 + d2)
@@ -171,7 +177,7 @@ def test_an_entry_between_slices_at_a_restart_sends_its_next_slice_when_it_was_d
     h, sig = _first_slice_filled()
     sid = sig["signal_id"]
     plan = the_plan(h, sig)
-    due = T0 + 2600 + slice_delay_ms(800, 0.2, 0, sid, 1)
+    due = T0 + 2600 + slice_delay_ms(800, 0.2, 0, key(sig), 1)
     restart = due + 5000 if late else T0 + 2700
     assert due > T0 + 2700
     new, summary = restarted(h, restart, sig)
@@ -219,7 +225,7 @@ def test_a_slice_in_flight_at_a_restart_is_re_entered_and_the_slices_after_it_fo
     assert [(f["client_order_id"], f["qty"]) for f in new.fills()] == [
         (client_order_id(sid, "entry_fallback"), pytest.approx(8 / 3))
     ]
-    due = T0 + 2600 + slice_delay_ms(800, 0.2, 0, sid, 1)
+    due = T0 + 2600 + slice_delay_ms(800, 0.2, 0, key(sig), 1)
     new.clock(due - 1)
     assert not sent(new)
     new.clock(due)
@@ -282,7 +288,7 @@ def test_an_entry_cancelled_between_slices_opens_what_filled_and_is_not_resumed_
         flip["signal_id"], "entry"
     )
     book(new, T0 + 2800)
-    new.clock(T0 + 2800 + slice_delay_ms(800, 0.2, 0, sig["signal_id"], 1))
+    new.clock(T0 + 2800 + slice_delay_ms(800, 0.2, 0, key(sig), 1))
     assert not sent(new)  # nothing for the LONG's entry
 
 

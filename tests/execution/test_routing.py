@@ -9,13 +9,14 @@ import pytest
 from execution.client_ids import client_order_id
 from execution.config import EntryPolicy, ExecutorConfig
 from execution.degradation import DegradationFlags
-from execution.domain import BookTop
+from execution.domain import BookTop, Signal
 from execution.routing import (
     ProbeResult,
     RoutePlan,
     Router,
     SpreadTracker,
     bucket_for,
+    jitter_key,
     plan_route,
     probe,
     slice_delay_ms,
@@ -31,6 +32,11 @@ TABLE = RoutingTable()
 
 def book(bid: float, ask: float, t: int, qty: float = 1e6) -> BookTop:
     return BookTop(EXCHANGE, SYMBOL, bid, ask, t, ((bid, qty),), ((ask, qty),))
+
+
+def key(rec: dict) -> str:
+    """The jitter key of a signal record (``execution.routing.jitter_key``)."""
+    return jitter_key(Signal.from_record(rec))
 
 
 def calm_hour(tracker: SpreadTracker, start: int, bid: float = 99.995, ask: float = 100.005) -> None:
@@ -93,6 +99,23 @@ def test_slice_jitter_stays_within_its_bounds_and_is_the_same_for_the_same_signa
         slice_delay_ms(1000, 0.2, 8, "sig-1", 1) != slice_delay_ms(1000, 0.2, 7, "sig-1", 1)
     )  # the seed matters
     assert {slice_delay_ms(600, 0.0, 7, f"sig-{i}", 1) for i in range(20)} == {600}
+
+
+def test_a_renamed_revision_entering_the_same_market_at_the_same_moment_gets_the_same_schedule():
+    """The jitter key is the market, evaluation time and direction, not the signal id (which names the
+    strategy and its revision): strategy simulate's candidate runs under another name and must trade
+    exactly as the active strategy when its rules are the same."""
+    active = signal_record(strategy="v53")
+    renamed = {**signal_record(strategy="v53_candidate"), "config_hash": "other"}
+    assert active["signal_id"] != renamed["signal_id"] and key(active) == key(renamed)
+    assert key(active) == f"{EXCHANGE}:{SYMBOL}:{T0}:LONG"
+    assert [slice_delay_ms(800, 0.2, 0, key(renamed), k) for k in (1, 2, 3)] == [
+        slice_delay_ms(800, 0.2, 0, key(active), k) for k in (1, 2, 3)
+    ]
+    later = signal_record(eval_time=T0 + 15_000)
+    assert [slice_delay_ms(800, 0.2, 0, key(later), k) for k in (1, 2, 3)] != [
+        slice_delay_ms(800, 0.2, 0, key(active), k) for k in (1, 2, 3)
+    ]
 
 
 @pytest.mark.parametrize(("filled", "taker"), [(0.0, True), (0.49, True), (0.5, False), (0.8, False), (1.0, False)])
@@ -230,7 +253,7 @@ def test_a_routed_entry_waits_as_maker_then_sends_jittered_taker_slices_through_
     assert (sent[1]["type"], sent[1]["qty"], sent[1]["reason"]) == ("MARKET", 2.0, "route 200-500 n=400.00 taker 1/2")
     h.trade(100.0, T0 + 2100)
     assert sum(f["qty"] for f in h.fills()) == pytest.approx(2.0)
-    delay = slice_delay_ms(600, 0.2, 0, sid, 1)
+    delay = slice_delay_ms(600, 0.2, 0, key(rec), 1)
     assert 480 <= delay <= 720
     h.clock(T0 + 2100 + delay - 1)
     assert len([o for o in h.of("orders") if o["state"] == "PENDING_NEW"]) == 2
@@ -253,7 +276,7 @@ def routed_entry() -> Harness:
     h.signal_rec(rec)
     h.clock(T0 + 2000)
     h.trade(100.0, T0 + 2100)
-    h.clock(T0 + 2100 + slice_delay_ms(600, 0.2, 0, rec["signal_id"], 1))
+    h.clock(T0 + 2100 + slice_delay_ms(600, 0.2, 0, key(rec), 1))
     h.trade(100.0, T0 + 3000)
     return h
 
