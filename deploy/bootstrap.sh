@@ -128,6 +128,11 @@ if ! kafka_libs=$(.venv/bin/python -m tapeflow.stack.kafka_libs); then
   exit 1
 fi
 log "Apache Kafka libraries: $kafka_libs"
+# the broker's classes pre-parsed (class-data sharing), once per user and JVM: each start ~40 % less CPU
+# (tapeflow/stack/broker_cds.py); without it the broker starts as before, so a failure is only said
+if cds=$(.venv/bin/python -m tapeflow.stack.broker_cds) && [ -n "$cds" ]; then
+  log "broker class-data-sharing archive: $cds"
+fi
 # TimescaleDB is not installed by this script (Debian does not package it). Where the system
 # PostgreSQL has it, the embedded cluster and the tests use it; everywhere, a WebAssembly PostgreSQL 17
 # build with TimescaleDB (npm) lets the test suite run the .timescale.sql migrations for real, and

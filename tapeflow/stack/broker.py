@@ -20,7 +20,9 @@ The JVM settings are for a single machine that also runs the rest of the stack: 
 serial collector, C1 only (``TieredStopAtLevel=1``: a broker at a few thousand records/s gains little
 from C2, which costs memory and start-up CPU), and the metadata timer stretched
 (``metadata.max.idle.interval.ms``: a single node has nobody to tell), which together halve the idle
-CPU of the defaults.
+CPU of the defaults. Where the bootstrap made one (``broker_cds``), the JVM maps a class-data-sharing
+archive of the broker's classes instead of loading and verifying them from the jars: a start costs
+about 40 % less CPU, which a loaded machine turns into seconds before the broker listens.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import subprocess  # nosec B404 # StorageTool format with a fixed argument list
 import time
 from pathlib import Path
 
-from tapeflow.stack.kafka_libs import KafkaSetupError, classpath, java_binary, kafka_version, resolve
+from tapeflow.stack.kafka_libs import KafkaSetupError, cds_archive, classpath, java_binary, kafka_version, resolve
 from tapeflow.stack.process import StackError, check_port_free, free_port
 from tapeflow.stack.service import Launch, Service
 from tapeflow_runtime.health import Health
@@ -211,6 +213,7 @@ class KafkaBroker(Service):
             "-XX:-UsePerfData",
             "-XX:TieredStopAtLevel=1",
             "-XX:MaxDirectMemorySize=256m",
+            *_cds_options(java, libs),
             "-Djava.awt.headless=true",
             # IPv4 sockets: the loopback listeners show as 127.0.0.1, not as IPv6-mapped addresses
             "-Djava.net.preferIPv4Stack=true",
@@ -377,3 +380,10 @@ def log_size_mb(data_dir: Path) -> float:
             except OSError:  # a segment deleted by retention while we walk
                 pass
     return total / 1e6
+
+
+def _cds_options(java: str, libs: Path) -> list[str]:
+    """``-XX:SharedArchiveFile`` when the bootstrap made the archive for this JVM and these jars; a JVM
+    that finds it unusable says so in its log and loads the classes from the jars, as without it."""
+    archive = cds_archive(java, libs)
+    return [f"-XX:SharedArchiveFile={archive}"] if archive.is_file() else []

@@ -153,6 +153,23 @@ def classpath(libs: Path) -> str:
     return str(libs / "*")
 
 
+def cds_archive(java: str, libs: Path) -> Path:
+    """Where the broker's class-data-sharing archive for this JVM and these jars lives (``broker_cds``):
+    the per-user cache, found as ``cache_dir`` finds the jars (``$XDG_CACHE_HOME``, or ``~/.cache`` when
+    only that holds it), named by the jars' directory and the JVM binary (real path, size, time), so
+    an upgraded JVM or another Kafka never maps an archive made for something else."""
+    real = Path(java).resolve()
+    st = real.stat()
+    key = hashlib.sha256(f"{real}:{st.st_size}:{st.st_mtime_ns}:{libs.resolve()}".encode()).hexdigest()[:16]
+    name = f"kafka-cds-{key}.jsa"
+    default = Path.home() / ".cache" / "tapeflow" / name
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        mine = Path(xdg) / "tapeflow" / name
+        return default if not mine.is_file() and default.is_file() else mine
+    return default
+
+
 def main() -> int:
     try:
         java_binary()
