@@ -9,12 +9,12 @@ data directory and its log), every service's /metrics and /health, and every row
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 
 import psycopg
 from psycopg import sql
 
+from tests.support.stack_cli import components, wait_for
 from tests.tapeflow.stack.test_stack_lifecycle import cli, home  # noqa: F401 (the fixture)
 
 MARKERS = {
@@ -27,13 +27,9 @@ MARKERS = {
 def test_no_secret_is_written_anywhere(home):  # noqa: F811
     res = cli(home, "up", "--detach", "--replay-speed", "10", env_extra=MARKERS)
     assert res.returncode == 0, res.stdout + res.stderr
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        report = json.loads(cli(home, "status", "--json", env_extra=MARKERS).stdout)
-        producer = {c["name"]: c for c in report["components"]}["producer"]
-        if producer["state"] == "finished":
-            break
-        time.sleep(2)  # each `tapeflow status` costs ~1.5 CPU-s
+    # asked in this process (what `tapeflow status` computes; each command costs ~1.5 CPU-s): the
+    # commands whose output is searched run below
+    wait_for(lambda: components(home, MARKERS)["producer"]["state"] == "finished", 90, "the replay had not finished")
     secrets = {f.name: f.read_text().strip() for f in (home / "secrets").iterdir()}
     assert any(name.startswith("postgres-") for name in secrets)
     markers = {**MARKERS, **{f"generated {name}": value for name, value in secrets.items() if len(value) >= 8}}
