@@ -20,6 +20,7 @@ metrics port is a free one; nothing else differs from compose.
 
 from __future__ import annotations
 
+import compileall
 import fnmatch
 import importlib.metadata as md
 import json
@@ -179,7 +180,40 @@ def make_venv(workdir: Path, wheel: Path) -> Path:
         check=True,
     ).stdout.strip()
     (Path(clean_site) / "declared_dependencies.pth").write_text(f"{deps}\n")
+    reuse_kernel_cache(Path(clean_site))
     return venv
+
+
+def reuse_kernel_cache(site: Path) -> int:
+    """numba's on-disk cache of the checkout's kernels (filled once per run: tests/support/kernel_cache.py)
+    copied beside the wheel's identical sources, which get the checkout's modification times (numba keys
+    a cache entry on its source file's mtime and size; the wheel's bytecode is written again for them).
+    Why: the engine, the watchlist and the sink each compiled every kernel they use from scratch, all at
+    once (the image does that at its first start too), which was most of this test's CPU and, at load
+    40, made it miss its timeout; what the test proves (every service starts from the wheel and answers
+    /health) does not depend on who compiled the kernels. A source that differs from the checkout's, or
+    a kernel not in the cache, is compiled by the service as before. Returns the cache files copied."""
+    copied = 0
+    indexes = [f for init in REPO.glob("*/__init__.py") for f in init.parent.rglob("__pycache__/*.nbi")]
+    for cache_dir in sorted({f.parent for f in indexes}):
+        package = cache_dir.parent.relative_to(REPO)
+        installed = site / package
+        if not installed.is_dir():
+            continue
+        same = []
+        for source in installed.glob("*.py"):
+            original = REPO / package / source.name
+            if original.is_file() and original.read_bytes() == source.read_bytes():
+                stat = original.stat()
+                os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+                same.append(source.stem)
+        (installed / "__pycache__").mkdir(exist_ok=True)
+        for cached in cache_dir.iterdir():
+            if cached.suffix in (".nbi", ".nbc") and cached.name.split(".", 1)[0] in same:
+                shutil.copy2(cached, installed / "__pycache__" / cached.name)
+                copied += 1
+        compileall.compile_dir(installed, maxlevels=0, quiet=1)  # the bytecode of the new mtimes
+    return copied
 
 
 # --- 3. the compose services ---------------------------------------------------------------------------
@@ -329,6 +363,16 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
                 "BTCUSDT,ETHUSDT",
                 "--synthetic-duration",
                 "3600",
+                # a sparse feed (the default is 5 trades/s, depth every 100 ms and book tickers per
+                # symbol): the producer, engine and sink only have to run from the wheel and answer
+                # /health, which one trade a second and a book every 2 s (fresh by the engine's 10 s
+                # limit) let them do; the default density kept all of them busy for the whole test
+                # (and the fake generated 3 × more frames before it answered)
+                "--synthetic-trades-per-s",
+                "1",
+                "--synthetic-depth-interval-ms",
+                "2000",
+                "--synthetic-no-book-ticker",
                 "--speed",
                 "1",
             ],
