@@ -8,12 +8,14 @@ outputs past its last snapshot were written again by its successor (same ids, so
 absorbed them, but every other reader saw them twice).
 
 The uninterrupted run is represented by the engine core called directly on the same inputs:
-``tests/test_replay_parity.py`` proves a replay's outputs equal it, record for record.
+``tests/test_replay_parity.py`` proves a replay's outputs equal it, record for record. The engines here
+read what the test publishes itself, in steps with progress markers as a replaying source does
+(``tests/support/engine_feed.py``): the faults are the engine's, and the path through the fake exchange
+and the producer is the replay tests'.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,14 +25,11 @@ from collections import Counter
 
 import pytest
 
-from schemas.catalogue import ENGINE_INPUTS
+from schemas.catalogue import SYMBOL_PARTITIONS
 from stream_apps.core.strategy import parse_strategy
 from stream_apps.faust_app.session import SessionProducer, synthetic_session
 from stream_apps.faust_app.session import read_topic as read_session_topic
 from stream_apps.faust_app.worker import ensure_engine_topics
-from tapeflow_runtime.kafka_client import ensure_topics
-from tapeflow_runtime.progress import ProgressMarkers
-from tapeflow_runtime.publisher import Publisher, PublishMetrics
 from tests.stream_apps.faust_app.test_engine_app import (  # noqa: F401 - fixtures
     MIN,
     Worker,
@@ -44,25 +43,23 @@ from tests.stream_apps.faust_app.test_engine_app import (  # noqa: F401 - fixtur
     strategy_files,
     workers,
 )
-from tests.support.engine_reference import canonical, direct_engine_outputs, session_records
+from tests.support.engine_feed import OpenTransactionRecords, SessionFeed, partition_ends, stable_offsets_client
+from tests.support.engine_reference import canonical, direct_engine_outputs
 from tests.support.kafka import committed_offsets
 from tests.support.replay_runs import (
-    INPUTS,
     OUTPUTS,
     STRATEGY,
     assert_same,
     service_env,
     start_engine,
-    synthetic_args,
 )
 from tests.support.replay_runs import (
     read_outputs as read_replay_outputs,
 )
-from tests.support.services import Service, metrics_text, record_counts, wait_consumed
+from tests.support.services import Service, metrics_text, wait_consumed
 from tests.support.waiting import services_alive, wait_until
 
 pytestmark = pytest.mark.integration
-DEPTH_ARGS = ("--synthetic-depth-interval-ms", "500")  # as the parity test's two-hour session: half the frames
 
 
 def _metric(port: int, name: str) -> float:
@@ -94,106 +91,136 @@ def _values(outputs: dict[str, list[tuple]]) -> dict[str, list[dict]]:
     return {topic: [row[3] for row in rows] for topic, rows in outputs.items()}
 
 
+#: the killed engines' session: half an hour of both symbols (23,000 records: bars, thousands of
+#: features, dozens of signals), every record of it published while the engines are killed and restarted
+KILL_SESSION_MIN = 30
+KILL_STEP = 100  # records per source step (each followed by its progress markers)
+#: while kills remain, how far the source may run ahead of the group's committed offsets on md.trades
+#: (~100 s of the session: always a backlog, so every engine is killed with input in hand, and the
+#: session cannot run out before the third kill however fast or slow the engines are)
+AHEAD_TRADES = 1_000
+
+
+@pytest.fixture(scope="module")
+def kill_session():
+    """The killed engines' session and what an uninterrupted run writes for it (the engine core called
+    directly): generated and computed once for both guarantees."""
+    session = synthetic_session(duration_ms=KILL_SESSION_MIN * MIN, seed=31)
+    want = canonical(direct_engine_outputs(session, [parse_strategy(STRATEGY)]))
+    assert all(want[t] for t in OUTPUTS), {t: len(v) for t, v in want.items()}  # something of each to compare
+    return session, want
+
+
+def _committed_trades(client, bootstrap: str, prefix: str) -> int:
+    """md.trades records the engine group has committed (asked with `client`, a `stable_offsets_client`
+    of the group; fresh topics written without transactions: offsets count records)."""
+    group, topic = prefix + "tapeflow-engine", prefix + "md.trades"
+    partitions = list(range(SYMBOL_PARTITIONS))
+    return sum(committed_offsets(bootstrap, group, topic, consumer=client, partitions=partitions).values())
+
+
+def _held_back(feed: SessionFeed, bootstrap: str, prefix: str, until: threading.Event):
+    """The feed's pace: until ``until`` is set, at most AHEAD_TRADES trades past the group's committed
+    offsets (its own client: librdkafka clients are not shared between threads)."""
+    clients = [stable_offsets_client(bootstrap, prefix + "tapeflow-engine")]
+
+    def pace() -> None:
+        if not clients:  # the rest of the session is not held back
+            return
+        while (
+            not until.is_set()
+            and feed.published_trades - _committed_trades(clients[0], bootstrap, prefix) > AHEAD_TRADES
+        ):
+            time.sleep(0.1)
+        if until.is_set():
+            clients.pop().close()
+
+    return pace
+
+
+def _kill_mid_batch(engine: Service, label: str, feed: SessionFeed, committed, open_outputs) -> int:
+    """Waits until ``engine`` has committed a transaction of its own (``committed()``, the group's md.trades
+    offsets, moved past where they were once it was ready), has taken input in, and input past the
+    committed offsets is in the broker (the source still writing); with ``open_outputs`` (exactly once)
+    also until its open transaction holds outputs in the log. SIGKILLs it then; returns the offsets."""
+    port = _port(engine)
+    before = committed()
+
+    def processing() -> int:
+        now = committed()
+        if not before < now < feed.published_trades or _metric(port, "tapeflow_engine_input_records_total") == 0:
+            return 0
+        return now if open_outputs is None or open_outputs() > 0 else 0
+
+    def alive() -> None:
+        services_alive([engine])()
+        feed.check()
+
+    reached = wait_until(
+        processing, 300, lambda: f"{label} committing and processing\n{engine.tail()}", interval=0.2, alive=alive
+    )
+    assert feed.running, f"the session ran out before {label} was killed: lengthen it"
+    engine.proc.send_signal(signal.SIGKILL)
+    engine.proc.wait(30)
+    return reached
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-def test_three_sigkills_mid_batch_during_a_max_replay_leave_no_duplicate_and_no_gap(
-    kafka_bootstrap, read_topic, tmp_path, guarantee
+def test_three_sigkills_mid_batch_while_the_source_writes_leave_no_duplicate_and_no_gap(
+    kafka_bootstrap, read_topic, tmp_path, guarantee, kill_session, serde
 ):
-    """A max-speed replay (fake exchange -> producer -> `tapeflow engine`); the engine is SIGKILLed three
-    times while it is processing (its input counter rising, its transactions open), restarted each time
-    in the same group; a fourth one finishes. Every restarted engine first restores the state its group's
-    committed offsets correspond to (Faust's table recovery once ended early with exactly-once and a
-    restart went on from empty state: `ShortWaitConsumerThread._highwaters`).
+    """A source publishes a session (steps with progress markers, as a replay does) into `tapeflow
+    engine`; the engine is SIGKILLed three times while it is processing (it has committed a transaction
+    of its own, input past its committed offsets is in the broker; exactly once, its open transaction
+    holds outputs in the log), restarted each time in the same group; a fourth one finishes. The source
+    writes throughout the kills, held at most AHEAD_TRADES trades ahead of the group's committed
+    offsets. Every restarted engine first restores the state its group's committed offsets correspond
+    to (Faust's table recovery once ended early with exactly-once and a restart went on from empty
+    state: `ShortWaitConsumerThread._highwaters`).
 
     Exactly once, read committed: the outputs hold no record twice and equal the uninterrupted run's;
     read uncommitted they hold the aborted transactions' records too (the kills did land mid-batch).
     At least once: a record may be written again after a kill, identical; by id the outputs equal the
     uninterrupted run's."""
+    session, want = kill_session
     exactly_once = guarantee == "exactly_once"
     flag = "--exactly-once" if exactly_once else "--at-least-once"
     prefix = f"eo{os.getpid()}{tmp_path.name[-6:]}."
-    seed, duration_s = 31, 4 * 3600  # long enough at max for kills while the producer still writes
-    ensure_topics(kafka_bootstrap, prefix=prefix)
     env = service_env(kafka_bootstrap, prefix, tmp_path)
+    group = prefix + "tapeflow-engine"
     services: list[Service] = []
+    kills_done = threading.Event()
+    client = stable_offsets_client(kafka_bootstrap, group)
     try:
-        engine = start_engine(env, tmp_path, flag)
+        engine = start_engine(env, tmp_path, flag)  # creates the engine's topics, the feed's among them
         services.append(engine)
-        fake = Service(
-            "fake-exchange",
-            [
-                "fake-exchange",
-                *synthetic_args(seed, duration_s, DEPTH_ARGS),
-                "--speed",
-                "max",
-                "--rest-clock",
-                "recording",
-            ],
-            env,
-            tmp_path,
-        )
-        services.append(fake)
-        urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 120).group(0))
-        rest = urls["rest_url"]
-        producer = Service(
-            "producer",
-            [
-                "produce",
-                "--ws-url",
-                urls["ws_url"],
-                "--rest-url",
-                rest,
-                "--spot-url",
-                rest,
-                "--coinbase-url",
-                rest,
-                "--replay-control-url",
-                rest,
-                "--metrics-port",
-                "0",
-            ],
-            env,
-            tmp_path,
-        )
-        services.append(producer)
-        group = prefix + "tapeflow-engine"
-        committed = 0
-        during_replay = 0
+        feed = SessionFeed(kafka_bootstrap, serde, prefix, session)
+        feed.start(KILL_STEP, _held_back(feed, kafka_bootstrap, prefix, kills_done))
+        open_outputs = OpenTransactionRecords(kafka_bootstrap, [prefix + t for t in OUTPUTS], SYMBOL_PARTITIONS)
         for kill in range(1, 4):
-            port = _port(engine)
-            before = committed
-            # this engine has committed a transaction of its own (the group's offsets moved) and is
-            # processing (records flowing through it): it is killed with its next transaction open
-            wait_until(
-                lambda: (
-                    sum(committed_offsets(kafka_bootstrap, group, prefix + "md.trades").values()) > before  # noqa: B023 - called within this iteration
-                    and _metric(port, "tapeflow_engine_input_records_total") > 0  # noqa: B023 - called within this iteration
-                ),
-                300,
-                lambda: f"engine {kill} committing and processing\n{engine.tail()}",  # noqa: B023 - called within this iteration
-                interval=0.2,
-                alive=services_alive([engine]),
+            _kill_mid_batch(
+                engine,
+                f"engine {kill}",
+                feed,
+                lambda: _committed_trades(client, kafka_bootstrap, prefix),
+                open_outputs if exactly_once else None,
             )
-            committed = sum(committed_offsets(kafka_bootstrap, group, prefix + "md.trades").values())
-            during_replay += producer.proc.poll() is None
-            engine.proc.send_signal(signal.SIGKILL)
-            engine.proc.wait(30)
             engine.name = f"engine-killed-{kill}"
             engine = Service(f"engine-{kill}", engine_args(tmp_path, flag), env, tmp_path)
             services.append(engine)
-        print(f"\n{during_replay} of 3 kills while the producer was replaying")
+        kills_done.set()  # the rest of the session at the source's full speed
         _port(engine)  # the fourth engine runs (and its signal handlers are installed)
-        assert producer.proc.wait(900) == 0, producer.tail()
-        assert engine.proc.poll() is None, engine.tail()
-        trades = read_topic(kafka_bootstrap, prefix + "md.trades", settled=True)
-        wait_consumed(
-            kafka_bootstrap, prefix + "tapeflow-engine", {prefix + "md.trades": record_counts(trades)}, [engine], 600
-        )
+        feed.join(300)
+        ends = partition_ends(kafka_bootstrap, prefix + "md.trades")
+        assert sum(ends.values()) == sum(1 for r in session if r.topic == "md.trades")  # each trade once
+        wait_consumed(kafka_bootstrap, group, {prefix + "md.trades": ends}, [engine], 600)
         assert engine.stop() == 0, engine.tail()
-        inputs = {t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, settled=True)] for t in INPUTS}
     finally:
+        kills_done.set()
         for s in services:
             s.kill()
+        client.close()
     for s in services:
         if s.name.startswith("engine"):  # every (re)started engine checked its restored state
             assert "engine state not restored" not in s.log(), s.tail()
@@ -205,18 +232,12 @@ def test_three_sigkills_mid_batch_during_a_max_replay_leave_no_duplicate_and_no_
     else:
         outputs = {t: list(distinct(t, [(None, 0, 0, v) for v in values]).values()) for t, values in outputs.items()}
         outputs = canonical(outputs)
-    assert len(outputs["bars.1m"]) >= 2 * 239 and len(outputs["features"]) > 1000 and outputs["signals"]
-    want = canonical(direct_engine_outputs(session_records(inputs), [parse_strategy(STRATEGY)]))
     assert_same(outputs, want, f"killed 3 times vs uninterrupted ({guarantee})")
     if not exactly_once:
         return
     # the kills hit open transactions: their records are in the log, aborted, invisible above
-    from schemas.registry import FileSchemaRegistry
-    from schemas.serde import AvroSerde
-
-    any_serde = AvroSerde(FileSchemaRegistry())
     uncommitted = sum(
-        len(read_session_topic(kafka_bootstrap, prefix + t, any_serde, idle_s=1.0, isolation_level="read_uncommitted"))
+        len(read_session_topic(kafka_bootstrap, prefix + t, serde, idle_s=1.0, isolation_level="read_uncommitted"))
         for t in OUTPUTS
     )
     assert uncommitted > sum(len(v) for v in outputs.values())
@@ -239,6 +260,13 @@ def engine_args(workdir, flag: str = "--exactly-once") -> list[str]:
     ]
 
 
+#: the zombie's and the paused engine's session: 40 minutes (the strategies' 30-min window and 10-min
+#: warm-up, then signals of both) at 10 trades/s per symbol: 55,000 records, the same 9,596 features as
+#: at 60/s (one evaluation per symbol and second that has trades) and as many signals, with a sixth of
+#: the records to publish and process; 10 % of it is still thousands of records, a backlog of seconds
+BACKLOG_TRADES_PER_S = 10.0
+
+
 @pytest.mark.timeout(600)
 def test_a_zombie_engine_is_fenced_and_writes_nothing(
     kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde, workers
@@ -249,7 +277,7 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(
     equals the engine core's; A learns it was fenced and exits."""
     config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, processing_guarantee="exactly_once")
     ensure_engine_topics(config)
-    session = synthetic_session(duration_ms=40 * MIN, trades_per_s=60.0, seed=23)
+    session = synthetic_session(duration_ms=40 * MIN, trades_per_s=BACKLOG_TRADES_PER_S, seed=23)
     SessionProducer(kafka_bootstrap, serde, topic_prefix, **{"batch.num.messages": 200}).produce_all(session)
     want = reference(session, strategy_files)
     total = len(session)
@@ -259,7 +287,7 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(
     a.wait_ready()
     # mid-catch-up: records flowing, far from the end
     wait_until(
-        lambda: a.metric("tapeflow_engine_input_records_total") >= total * 0.1, 120, "A processing", interval=0.2
+        lambda: _metric(a.port, "tapeflow_engine_input_records_total") >= total * 0.1, 120, "A processing", interval=0.2
     )
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
@@ -268,7 +296,10 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(
         b.wait_ready()
         # B owns every partition once A's session expired, and has processed the whole backlog
         wait_until(
-            lambda: b.metric("tapeflow_engine_input_records_total") >= total * 0.5, 180, "B processing", interval=0.2
+            lambda: _metric(b.port, "tapeflow_engine_input_records_total") >= total * 0.5,
+            180,
+            "B processing",
+            interval=0.2,
         )
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
@@ -302,45 +333,31 @@ def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twic
     (before the fix: 80 and 116 feature ids twice in two runs, the stale copy committed with the new one)."""
     config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, processing_guarantee="exactly_once")
     ensure_engine_topics(config)
-    session = synthetic_session(duration_ms=40 * MIN, trades_per_s=60.0, seed=29)
+    session = synthetic_session(duration_ms=40 * MIN, trades_per_s=BACKLOG_TRADES_PER_S, seed=29)
     want = reference(session, strategy_files)
     total = len(session)
     head = total // 5
     # every record as a replay publishes it: in steps, each followed by its progress marker (what a
     # source promises; without them the engine cannot tell a step's end from the data's)
-    publisher = Publisher(kafka_bootstrap, serde, PublishMetrics(), topic_prefix=topic_prefix)
-    markers = ProgressMarkers(publisher, "test-feed", ENGINE_INPUTS)
-    keys = sorted({r.key for r in session})
-    step = max(1, (total - head) // 400)
+    feed = SessionFeed(kafka_bootstrap, serde, topic_prefix, session)
+    step = max(1, (total - head) // 200)  # the engine works in small steps: ~3 per 0.5-s commit
 
-    def publish(start: int, stop: int, pause_s: float) -> None:
-        for i in range(start, stop, step):
-            for r in session[i : min(i + step, stop)]:
-                publisher.publish(r.topic, r.key, r.value)
-            if i + step < total:  # the session is in time order: all before the next step's first time is out
-                for key in keys:
-                    markers.mark(key, session[min(i + step, stop)].time_ms - 1)
-            publisher.flush(30)
-            markers.publish_ready()
-            time.sleep(pause_s)
-
-    publish(0, head, 0.0)
+    feed.publish(0, head, step)
     a = Worker(config, tmp_path, "a")
     workers.append(a)
     a.wait_ready()
-    wait_until(lambda: a.metric("tapeflow_engine_input_records_total") >= head, 120, "A caught up", interval=0.2)
+    wait_until(lambda: _metric(a.port, "tapeflow_engine_input_records_total") >= head, 120, "A caught up", interval=0.2)
 
     # the rest arrives in small steps (so the engine works in small steps and its open transactions
     # hold outputs at any moment), and the pause lands in the middle of it
-    def feed() -> None:
-        publish(head, total, 0.05)
-        markers.finish(keys)
-        publisher.flush(30)
+    def rest() -> None:
+        feed.publish(head, total, step, lambda: time.sleep(0.05))
+        feed.finish()
 
-    feeder = threading.Thread(target=feed, daemon=True)
+    feeder = threading.Thread(target=rest, daemon=True)
     feeder.start()
     wait_until(
-        lambda: a.metric("tapeflow_engine_input_records_total") >= head + (total - head) // 5,
+        lambda: _metric(a.port, "tapeflow_engine_input_records_total") >= head + (total - head) // 5,
         120,
         "A processing the live part",
         interval=0.2,
