@@ -21,7 +21,10 @@ concurrently, the executor sees a signal when it arrives, after the trades that 
 evaluation (docs/concepts/backtest.md, "Parity"). Engine and executor read a copy of md.* (the same records and keys,
 written by one producer in large batches).
 
-Run time on the 2-core machine: 145 s and 132 CPU-s alone (2026-11-26, 3 hours: 102,454 trades, 201
+Run time on the 2-core machine: 460 s and 51 CPU-s alone at load ~25 (2026-11-29: 40,199 trades at 0.4 of
+the earlier rates, 203 signals, 87 closed positions, every exit reason of ws_only; 1,675 s and 77 CPU-s
+at load ~30 with 102,454 trades and the stage copy read back whole); 145 s and 132 CPU-s alone
+(2026-11-26, 3 hours: 102,454 trades, 201
 signals, 82 closed positions, every exit reason for both strategies; 4 hours took 179 s and ~200 CPU-s
 in a loaded suite, 277 signals, 115 closed, and added no exit reason); at 4 hours and at 120x it was 406 s at load 10 and 562 s at load 6-8 (2026-11-23); the executor stage takes
 about 40 s for 135,618 trades, 43,200 marks, 21,597 books and 277 signals. Four stage failures seen under load and fixed in the services, not here: the
@@ -63,6 +66,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from confluent_kafka import Consumer
 
 from backtest.outcome_labels import LabelTape, run_labels
 from backtest.runner import BacktestRunner
@@ -74,7 +78,7 @@ from review.labels import LabelParams, PricePath, label_samples, samples_from_re
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from stream_apps.core.strategy import parse_strategy
-from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.kafka_client import consumer_config, end_offsets, ensure_topics, start_offsets
 from tapeflow_runtime.publisher import Publisher
 from tests.support.services import Service, record_counts, wait_consumed
 
@@ -85,7 +89,10 @@ H = 3_600_000
 START = 1_704_088_800_000  # 2024-01-01 06:00 UTC; the 08:00 funding time falls inside
 END = START + 3 * H
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
-RATES = {"BTCUSDT": 3.0, "ETHUSDT": 2.5, "SOLUSDT": 2.0}
+#: trades/s: 0.4 of what the session had until 2026-11-29 (3.0/2.5/2.0): 40,199 trades instead of 102,454
+#: through every stage (marks, books and indicators unchanged), the same 200-odd signals (CVD direction and
+#: the scores do not scale with the trade rate: 203 instead of 201) and every exit reason of ws_only
+RATES = {"BTCUSDT": 1.2, "ETHUSDT": 1.0, "SOLUSDT": 0.8}
 SEED = 5
 SPEED = "max"  # the fake starts with the first subscription and paces to the producer (--replay-control-url)
 FAR = 1e9  # the session is from 2024: the services' wall-clock age limits must not apply
@@ -210,6 +217,21 @@ def stack_outcome_labels(signals, positions, fills, md, config) -> list:
     return label_samples(samples, prices, settlements, LABEL_PARAMS, END)
 
 
+def written_ends(bootstrap: str, topic: str) -> tuple[dict[int, int], int]:
+    """Per partition with records, the offset after its last one (what `record_counts` gives of the topic
+    read whole), and how many records the topic holds: its end and start offsets (one ListOffsets
+    request each), for a topic its one idempotent writer has flushed, so dense from its start. The
+    stage copy was read back whole (decoded) for these until 2026-11-29: 65 s of a loaded run."""
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        partitions = [(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+        ends, starts = end_offsets(consumer, partitions, 30), start_offsets(consumer, partitions, 30)
+    finally:
+        consumer.close()
+    assert len(ends) == len(starts) == len(partitions), f"{topic}: offsets of {len(ends)}/{len(starts)} partitions"
+    return {p: end for (_, p), end in ends.items() if end > 0}, sum(ends[tp] - starts[tp] for tp in partitions)
+
+
 def only(view: dict, strategy: str, signal_of) -> dict:
     return {k: v for k, v in view.items() if signal_of(k, v).startswith(f"{strategy}:")}
 
@@ -317,8 +339,11 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
             "--no-wait-for-progress",  # the copy has no md.progress
             env={"TAPEFLOW_TOPIC_PREFIX": stage},
         )
-        # the copy read back whole (every record there): the ends the engine and the executor wait for
-        stage_ends = {name: record_counts(topic(name, stage, len(md[name]))) for name in md}
+        # the copy is whole (as many records as md.*): its ends are what the engine and the executor wait for
+        stage_ends = {}
+        for name in md:
+            stage_ends[name], held = written_ends(kafka_bootstrap, stage + name)
+            assert held == len(md[name]), f"{stage + name}: {held} of {len(md[name])}"
         wait_consumed(
             kafka_bootstrap, stage + "tapeflow-engine", {stage + name: stage_ends[name] for name in md}, [engine], 600
         )
@@ -410,8 +435,10 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
     strategies = [parse_strategy(s) for s in STRATEGIES]
     config = ExecutorConfig.model_validate(EXECUTOR)
     runner = BacktestRunner(strategies, config, account="shared")
-    tape = LabelTape(TopicSource(kafka_bootstrap, list(SYMBOLS), START, END, topic_prefix=topic_prefix))
-    runner.run(tape)  # the originals
+    # the originals, read once: the source keeps what it read, for the ws_only run below too
+    originals = TopicSource(kafka_bootstrap, list(SYMBOLS), START, END, topic_prefix=topic_prefix)
+    tape = LabelTape(originals)
+    runner.run(tape)
     assert signal_view(runner.signals) == signal_view(stack_signals)
     assert position_view(runner.position_events()) == position_view(stack_positions)
 
@@ -448,6 +475,6 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
     from_recording.run(source)
     assert signal_view(from_recording.signals) == only(signal_view(stack_signals), "ws_only", lambda k, v: k)
     from_topics = BacktestRunner([strategies[0]], tape_fills, account="shared")
-    from_topics.run(TopicSource(kafka_bootstrap, list(SYMBOLS), START, END, topic_prefix=topic_prefix))
+    from_topics.run(originals)
     assert position_view(from_recording.position_events()) == position_view(from_topics.position_events())
     assert len(from_recording.position_events()) > 0
