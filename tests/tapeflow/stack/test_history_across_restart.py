@@ -1,20 +1,21 @@
 """Topic history survives the stack: a session replayed at max speed, `down`, `up`, and every trade is
 in `md.trades` once; a backtest over the topics equals one over the database. `tapeflow` processes
-as a user runs them, on the embedded Apache Kafka and PostgreSQL."""
+as a user runs them, on the embedded Apache Kafka and PostgreSQL (without the web UI, which nothing here
+reads). While it waits (the replay finished, the trades stored) it asks the stack's status in this
+process and the database directly (`tests.support.stack_cli`: each `tapeflow` process costs ~1.5
+CPU-s), and runs `db audit` once per symbol when they are there."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support import stack_cli
 from tests.support.paths import RECORDING
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -23,21 +24,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 FROM, TO = "2021-07-22", "2021-07-24"
 
 
+NO_UI = {"TAPEFLOW_UI": "false"}
+
+
 def cli(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update({"TAPEFLOW_HOME": str(home), "TAPEFLOW_SOURCE": f"replay:{RECORDING}", "TAPEFLOW_REPLAY_SPEED": "max"})
-    return subprocess.run(
-        [sys.executable, "-m", "tapeflow", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=home.parent,
-    )
-
-
-def components(home: Path) -> dict[str, dict]:
-    return {c["name"]: c for c in json.loads(cli(home, "status", "--json").stdout)["components"]}
+    return stack_cli.cli(home, *args, env_extra=NO_UI, timeout=timeout)
 
 
 def recorded_trades() -> set[tuple[str, int]]:
@@ -57,17 +48,16 @@ def tail_trades(home: Path) -> list[tuple[str, int]]:
 
 
 def wait_stored(home: Path, want: set[tuple[str, int]], timeout: float = 60) -> None:
-    """Until `db audit` finds every symbol's trades stored, without gaps or duplicates."""
+    """Until every symbol's trades are stored, then `db audit` finds them all, without gaps or duplicates."""
     for symbol in sorted({s for s, _ in want}):
         count = sum(1 for s, _ in want if s == symbol)
-        deadline = time.monotonic() + timeout
-        report: dict = {}
-        while time.monotonic() < deadline:
-            res = cli(home, "db", "audit", "--symbol", symbol, "--from", FROM, "--to", TO, "--json")
-            report = json.loads(res.stdout) if res.stdout.strip() else {}
-            if report.get("trades", {}).get("rows") == count:
-                break
-            time.sleep(2)
+        stack_cli.wait_for(
+            lambda: stack_cli.stored_trades(home, symbol) >= count,  # noqa: B023 - called before the next symbol
+            timeout,
+            f"the sink had not stored {count} {symbol} trades",
+        )
+        res = cli(home, "db", "audit", "--symbol", symbol, "--from", FROM, "--to", TO, "--json")
+        report = json.loads(res.stdout) if res.stdout.strip() else {}
         assert report.get("trades", {}).get("rows") == count, (symbol, count, report)
         assert report["ok"], report["problems"]
 
@@ -107,10 +97,9 @@ def test_topics_survive_down_up_and_backtests_agree(home):
     want = recorded_trades()
     res = cli(home, "up", "--detach")
     assert res.returncode == 0, res.stdout + res.stderr
-    deadline = time.monotonic() + 120
-    while components(home)["producer"]["state"] != "finished":
-        assert time.monotonic() < deadline, "the replay did not finish"
-        time.sleep(1)
+    stack_cli.wait_for(
+        lambda: stack_cli.components(home, NO_UI)["producer"]["state"] == "finished", 120, "the replay had not finished"
+    )
     wait_stored(home, want)
     assert cli(home, "down").returncode == 0
 
