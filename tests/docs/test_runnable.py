@@ -100,7 +100,8 @@ class Harness:
 
 class ChatHarness(Harness):
     """alerts.md: Telegram's API and the Discord webhook are a local server that records what it receives,
-    and `tapeflow up` replays the bundled recording instead of streaming Binance. After a kill-switch command
+    and `tapeflow up` replays the bundled recording instead of streaming Binance, without the web UI (nothing
+    on the page uses it: one service less to start, probe and stop). After a kill-switch command
     it waits until the messages that follow have arrived (the notifier, and the executor's answer, are
     asynchronous). Its named output `chat` is the text of every Telegram message, one a line."""
 
@@ -131,6 +132,7 @@ class ChatHarness(Harness):
             "TAPEFLOW_SOURCE": "replay:tests/data/binance_futures_ws",
             "TAPEFLOW_TELEGRAM_API_URL": url + "/telegram",
             "TAPEFLOW_DISCORD_WEBHOOK_URL": url + "/discord",
+            "TAPEFLOW_UI": "false",
         }
 
     def after(self, result: Result) -> None:
