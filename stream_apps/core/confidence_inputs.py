@@ -179,7 +179,7 @@ def model_cooldown(
     x = feature_matrix(model.features, frame, scores, cfg, ask)
     x_row = np.full(n, -1, dtype=np.int64)
     x_row[ask] = np.arange(len(ask))
-    cooldown_model_rows(
-        *cooldown_inputs(frame, scores, cfg, ask, state, fired, flips), x, x_row, model.packed, p_win, band, skipped
-    )
+    # one starred tuple of any length: mypy counts positional arguments after a star as too many
+    loop_args: tuple[Any, ...] = (*cooldown_inputs(frame, scores, cfg, ask, state, fired, flips), x, x_row)
+    cooldown_model_rows(*(*loop_args, model.packed, p_win, band, skipped))
     return p_win, band, skipped
