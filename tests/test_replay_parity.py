@@ -136,7 +136,7 @@ def test_replay_output_and_positions_are_identical_at_1x_60x_and_max_on_a_loaded
         + ", ".join(f"{t} {len(v)}" for t, v in outputs.items())
         + f", positions {len(top['positions'])}"
     )
-    # two closed 1-minute bars per symbol, a feature a second per symbol after the warm-up, signals
+    # two closed 1-minute bars per symbol, a feature a second per symbol, signals
     assert len(outputs["bars.1m"]) >= 2 * len(SYMBOLS) and len(outputs["features"]) > 100, outputs["bars.1m"]
     assert outputs["signals"] and any(p["event"] == "closed" for p in top["positions"]), top["positions"][:3]
     for run in runs.values():
