@@ -1,4 +1,13 @@
-"""`tapeflow up/status/down` end to end, as a user runs them: real Kafka, real PostgreSQL, real processes."""
+"""`tapeflow up/status/down` end to end, as a user runs them: real Kafka, real PostgreSQL, real processes.
+
+The checks that only look at a running stack share one (`test_up_status_down_lifecycle`'s, which also
+replays the recording through the pipeline); each test that kills or crashes a part of its stack starts
+its own. The tests that do not look at the
+web UI run without it (`TAPEFLOW_UI=false`: one service less to start, probe and stop; the UI's own
+start, token and stop are `test_up_status_down_lifecycle`'s). While they wait (healthy, a replay
+finished, trades stored) they ask the stack's status in this process (`tests.support.stack_cli`, what
+`tapeflow status` computes; each command costs ~1.5 CPU-s) and the database directly, and run the
+commands themselves for what they assert about them."""
 
 from __future__ import annotations
 
@@ -16,47 +25,28 @@ import psutil
 import pytest
 
 from tests.support.paths import RECORDING
+from tests.support.stack_cli import cli, components, status_report, stored_trades, wait_for
 
 pytestmark = pytest.mark.integration
 
-
-def cli(home: Path, *args, env_extra=None, timeout=120):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    # offline, as on our machines: market data comes from the recording through the fake exchange
-    env.update(
-        {
-            "TAPEFLOW_HOME": str(home),
-            "TAPEFLOW_SOURCE": f"replay:{RECORDING}",
-            "TAPEFLOW_REPLAY_SPEED": "max",
-            **(env_extra or {}),
-        }
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "tapeflow", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=home.parent,
-    )
+#: the stacks of the tests that do not look at the web UI
+NO_UI = {"TAPEFLOW_UI": "false"}
 
 
-def wait_healthy(home: Path, timeout_s: float = 90.0) -> dict:
-    """`status --json` once the stack is healthy (exit code 0), asked every 2 s (each call costs ~1.5
-    CPU-s). `up` returns once the engine answers, not once it runs: on Kafka its group join (after a
-    crash, the old member's session timeout first) and its transactional producers' fencing take
-    seconds more, during which `status` says "starting" and exits 1. Fails with the components that
-    stayed unhealthy."""
+def wait_healthy(home: Path, timeout_s: float = 90.0, env_extra: dict[str, str] | None = None) -> None:
+    """Until the stack is healthy, by what `status` reports (asked in this process every 0.5 s). `up`
+    returns once the engine answers, not once it runs: on Kafka its group join (after a crash, the old
+    member's session timeout first) and its transactional producers' fencing take seconds more, during
+    which `status` says "starting" and exits 1. Fails with the components that stayed unhealthy."""
     deadline = time.monotonic() + timeout_s
     while True:
-        st = cli(home, "status", "--json")
-        report = json.loads(st.stdout) if st.stdout.startswith("{") else {}
-        if st.returncode == 0 and report.get("healthy") is True:
-            return report
+        report = status_report(home, env_extra)
+        if report["healthy"]:
+            return
         if time.monotonic() >= deadline:
-            unhealthy = [c for c in report.get("components", []) if not c["healthy"]]
-            pytest.fail(f"the stack was not healthy within {timeout_s:.0f} s: {unhealthy or st.stdout + st.stderr}")
-        time.sleep(2)
+            unhealthy = [c for c in report["components"] if not c["healthy"]]
+            pytest.fail(f"the stack was not healthy within {timeout_s:.0f} s: {unhealthy}")
+        time.sleep(0.5)
 
 
 def recorded_pids(home: Path) -> dict[str, int]:
@@ -89,15 +79,21 @@ def home():
 
 
 def test_up_status_down_lifecycle(home):
+    """A whole stack replaying the recording (at 10x): healthy, the UI behind its token, a second `up`
+    refused, the topics served, the replay through the pipeline into the database
+    (`assert_the_replay_ran_the_pipeline`, once a test of its own with a stack of its own), least
+    exposure, then `down` stops every process."""
     t0 = time.monotonic()
-    res = cli(home, "up", "--detach")
+    res = cli(home, "up", "--detach", "--source", f"replay:{RECORDING}", "--replay-speed", "10")
     startup = time.monotonic() - t0
     assert res.returncode == 0, res.stdout + res.stderr
     assert "stack healthy in" in res.stdout
     print(f"up --detach to healthy: {startup:.1f}s")
 
-    report = wait_healthy(home)
-    by_name = {c["name"]: c for c in report["components"]}
+    wait_healthy(home)
+    st = cli(home, "status", "--json")
+    assert st.returncode == 0, st.stdout + st.stderr
+    by_name = {c["name"]: c for c in json.loads(st.stdout)["components"]}
     for name in ("supervisor", "broker", "database", "migrations", "topics", "fake-exchange", "producer"):
         assert by_name[name]["healthy"], by_name[name]
     assert by_name["broker"]["address"].startswith("127.0.0.1:")
@@ -123,6 +119,7 @@ def test_up_status_down_lifecycle(home):
     assert lst.returncode == 0
     names = {json.loads(line)["topic"] for line in lst.stdout.splitlines()}
     assert {"md.trades", "signals", "dlq.md"} <= names
+    assert_the_replay_ran_the_pipeline(home)
 
     pids = recorded_pids(home)
     assert set(pids) >= {"supervisor", "broker", "database"}
@@ -236,22 +233,22 @@ def test_port_conflict_is_reported_clearly(home):
 
 
 def test_stale_pid_files_and_orphans_after_a_crash(home):
-    up = cli(home, "up", "--detach")
+    up = cli(home, "up", "--detach", env_extra=NO_UI)
     assert up.returncode == 0, up.stdout + up.stderr
     pids = recorded_pids(home)
     # the supervisor dies without cleaning up: its services become orphans with pid files
     os.kill(pids["supervisor"], signal.SIGKILL)
-    time.sleep(0.3)
-    st = cli(home, "status", "--json")
+    wait_for(lambda: not alive(pids["supervisor"]), 10, "the killed supervisor was still there", every_s=0.05)
+    st = cli(home, "status", "--json", env_extra=NO_UI)
     report = json.loads(st.stdout)
     assert st.returncode == 1 and not {c["name"]: c for c in report["components"]}["supervisor"]["healthy"]
 
-    res = cli(home, "up", "--detach")
+    res = cli(home, "up", "--detach", env_extra=NO_UI)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "orphaned" in res.stdout or "stale" in res.stdout
     for name in ("broker", "database"):
         assert not alive(pids[name]), f"orphaned {name} was not stopped"
-    wait_healthy(home)
+    wait_healthy(home, env_extra=NO_UI)
     assert cli(home, "down").returncode == 0
 
     # a pid file pointing at a dead process is reported as stale and removed by down
@@ -277,7 +274,7 @@ def test_stale_pid_files_and_orphans_after_a_crash(home):
 
 
 def test_supervisor_restarts_a_crashed_service(home):
-    up = cli(home, "up", "--detach")
+    up = cli(home, "up", "--detach", env_extra=NO_UI)
     assert up.returncode == 0, up.stdout + up.stderr
     broker_pid = recorded_pids(home)["broker"]
     before = recorded_pids(home)
@@ -287,24 +284,25 @@ def test_supervisor_restarts_a_crashed_service(home):
     records_before = json.loads(described.stdout)["messages"]
     os.kill(broker_pid, signal.SIGKILL)
     # Kafka's log is on disk: the restarted broker has every topic, record, offset and group again, and
-    # its clients reconnect by themselves (nothing else is restarted). Polled from the log file, the CLI
-    # asked only once the topics step ran again: each `tapeflow` call costs ~1.5 CPU-s
+    # its clients reconnect by themselves (nothing else is restarted). Polled from the log file, the
+    # status asked only once the topics step ran again
     deadline = time.monotonic() + 90
-    st = None
+    report: dict = {}
     while time.monotonic() < deadline:
         log_text = (home / "logs" / "supervisor.log").read_text()
         after_kill = log_text.split("exited with code -9", 1)[-1] if "exited with code -9" in log_text else ""
         if re.search(r"topics +\d+ created", after_kill):
-            st = cli(home, "status")
-            if st.returncode == 0:
+            report = status_report(home, NO_UI)
+            if report["healthy"]:
                 break
         time.sleep(0.5)
     else:
         pytest.fail(
             "broker was not restarted to a healthy stack within 90 s:\n"
-            + cli(home, "logs", "supervisor").stdout
-            + ("\nlast status:\n" + st.stdout + st.stderr if st is not None else "")
+            + (home / "logs" / "supervisor.log").read_text()
+            + f"\nlast status: {report}"
         )
+    assert cli(home, "status", env_extra=NO_UI).returncode == 0  # the command says so too
     log = cli(home, "logs", "supervisor").stdout
     after_kill = log.split("exited with code -9", 1)[1]
     assert "restarting" in log and re.search(r"topics +0 created", after_kill), after_kill
@@ -321,12 +319,12 @@ def test_supervisor_restarts_a_crashed_service(home):
 
 def test_foreground_up_stops_everything_on_ctrl_c(home):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update(TAPEFLOW_HOME=str(home), TAPEFLOW_SOURCE=f"replay:{RECORDING}")
+    env.update(TAPEFLOW_HOME=str(home), TAPEFLOW_SOURCE=f"replay:{RECORDING}", **NO_UI)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tapeflow", "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     lines = []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a hang guard: the supervisor bounds each start
     for line in proc.stdout:
         lines.append(line)
         if "stack healthy in" in line or time.monotonic() > deadline:
@@ -341,20 +339,15 @@ def test_foreground_up_stops_everything_on_ctrl_c(home):
         assert not alive(pid)
 
 
-def test_offline_replay_runs_the_pipeline_and_ends_cleanly(home):
-    res = cli(home, "up", "--detach", "--source", f"replay:{RECORDING}", "--replay-speed", "10")
-    assert res.returncode == 0, res.stdout + res.stderr
-    deadline = time.monotonic() + 60
-    producer = {}
-    while time.monotonic() < deadline:
-        report = json.loads(cli(home, "status", "--json").stdout)
-        producer = {c["name"]: c for c in report["components"]}["producer"]
-        if producer["state"] == "finished":
-            break
-        time.sleep(2)  # each `tapeflow status` costs ~1.5 CPU-s
+def assert_the_replay_ran_the_pipeline(home: Path) -> None:
+    """The offline replay ends cleanly: the producer finished with nothing undelivered (a healthy stack),
+    every recorded trade is on md.trades once, and the sink stored them, complete by `db audit`."""
+    wait_for(lambda: components(home)["producer"]["state"] == "finished", 60, "the replay had not finished")
+    st = cli(home, "status", "--json")
+    producer = {c["name"]: c for c in json.loads(st.stdout)["components"]}["producer"]
     assert producer["state"] == "finished" and producer["healthy"], producer
     assert "replay-finished" in producer["detail"] and "0 undelivered" in producer["detail"]
-    assert cli(home, "status").returncode == 0  # a finished replay is a healthy stack
+    assert st.returncode == 0  # a finished replay is a healthy stack
 
     tail = cli(home, "topics", "tail", "md.trades", "--from-beginning", "--timeout", "3", "--json")
     agg = [json.loads(line)["value"] for line in tail.stdout.splitlines()]
@@ -364,12 +357,8 @@ def test_offline_replay_runs_the_pipeline_and_ends_cleanly(home):
 
     # ...and the sink copied them into the database, where the audit finds them complete
     sushi = sum(1 for t in agg if t["symbol"] == "SUSHIUSDT")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        res = cli(home, "db", "audit", "--symbol", "SUSHIUSDT", "--from", "2021-07-22", "--to", "2021-07-24", "--json")
-        report = json.loads(res.stdout)
-        if report["trades"]["rows"] == sushi:
-            break
-        time.sleep(2)
+    wait_for(lambda: stored_trades(home, "SUSHIUSDT") >= sushi, 30, f"the sink had not stored {sushi} trades")
+    res = cli(home, "db", "audit", "--symbol", "SUSHIUSDT", "--from", "2021-07-22", "--to", "2021-07-24", "--json")
+    report = json.loads(res.stdout)
     assert res.returncode == 0 and report["ok"], report["problems"]
     assert report["trades"]["rows"] == sushi and report["trades"]["gaps"] == []
