@@ -150,3 +150,36 @@ class OpenTransactionRecords:
         written = self._ends(IsolationLevel.READ_UNCOMMITTED)
         stable = self._ends(IsolationLevel.READ_COMMITTED)
         return sum(max(0, written[tp] - stable[tp]) for tp in written)
+
+
+def wait_for_distinct(
+    bootstrap: str, topic: str, serde: AvroSerde, field: str, count: int, timeout: float, workers: Sequence = ()
+) -> None:
+    """Until ``count`` distinct values of ``field`` are on ``topic``, read committed (outputs of open or
+    aborted transactions do not count). One consumer reads on from where it was, so each record is
+    fetched and decoded once: reading the whole topic again every half second (the 9,600 features of a
+    40-minute session, for as long as a loaded engine takes) cost the waiting test more CPU than the
+    engine it waited for. ``workers`` (``.proc``, ``.name``, ``.log()``): fail at once when one dies."""
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from tapeflow_runtime.kafka_client import consumer_config, topic_metadata
+
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        partitions = topic_metadata(consumer, topic, timeout_s=10.0).partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        seen: set = set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < count:
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is None:
+                    seen.add(serde.decode(message.value())[field])
+            for w in workers:
+                assert w.proc.poll() in (None, 0), f"{w.name} died:\n{w.log()[-3000:]}"
+            if len(seen) < count and time.monotonic() > deadline:
+                logs = "\n".join(f"--- {w.name}:\n{w.log()[-3000:]}" for w in workers)
+                raise AssertionError(f"only {len(seen)} of {count} {field}s on {topic} after {timeout} s\n{logs}")
+    finally:
+        consumer.close()

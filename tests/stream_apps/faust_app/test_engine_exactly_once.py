@@ -43,7 +43,13 @@ from tests.stream_apps.faust_app.test_engine_app import (  # noqa: F401 - fixtur
     strategy_files,
     workers,
 )
-from tests.support.engine_feed import OpenTransactionRecords, SessionFeed, partition_ends, stable_offsets_client
+from tests.support.engine_feed import (
+    OpenTransactionRecords,
+    SessionFeed,
+    partition_ends,
+    stable_offsets_client,
+    wait_for_distinct,
+)
 from tests.support.engine_reference import canonical, direct_engine_outputs
 from tests.support.kafka import committed_offsets
 from tests.support.replay_runs import (
@@ -78,6 +84,20 @@ def _metric(port: int, name: str) -> float:
 
 def _port(engine: Service) -> int:
     return int(engine.wait_for_line(r"engine worker ready .*metrics_port=(\d+)", 120).group(1))
+
+
+def _group_empty(bootstrap: str, group: str) -> bool:
+    """Whether ``group``'s coordinator has no member left (every session expired or left)."""
+    from confluent_kafka import ConsumerGroupState, KafkaException
+
+    from tapeflow_runtime.kafka_client import admin_client
+
+    admin = admin_client(bootstrap)  # held until the answer: a client collected first never resolves it
+    try:
+        described = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+    except (KafkaException, TimeoutError):  # the coordinator is busy (loading, moving): asked again
+        return False
+    return described.state == ConsumerGroupState.EMPTY
 
 
 def _no_duplicates(outputs: dict[str, list[dict]], hint: str = "") -> None:
@@ -138,31 +158,37 @@ def _held_back(feed: SessionFeed, bootstrap: str, prefix: str, until: threading.
     return pace
 
 
-def _kill_mid_batch(engine: Service, label: str, feed: SessionFeed, committed, open_outputs) -> int:
+def _kill_mid_batch(engine: Service, label: str, feed: SessionFeed, committed, open_outputs) -> None:
     """Waits until ``engine`` has committed a transaction of its own (``committed()``, the group's md.trades
     offsets, moved past where they were once it was ready), has taken input in, and input past the
     committed offsets is in the broker (the source still writing); with ``open_outputs`` (exactly once)
-    also until its open transaction holds outputs in the log. SIGKILLs it then; returns the offsets."""
+    also until its open transaction holds outputs in the log. SIGKILLs it then."""
     port = _port(engine)
     before = committed()
+    seen: dict[str, int] = {}  # what the kill was decided on, for the log
 
-    def processing() -> int:
-        now = committed()
-        if not before < now < feed.published_trades or _metric(port, "tapeflow_engine_input_records_total") == 0:
-            return 0
-        return now if open_outputs is None or open_outputs() > 0 else 0
+    def processing() -> bool:
+        seen.update(committed=committed(), published=feed.published_trades)
+        if not before < seen["committed"] < seen["published"]:
+            return False
+        if _metric(port, "tapeflow_engine_input_records_total") == 0:
+            return False
+        if open_outputs is not None:
+            seen["outputs in its open transaction"] = open_outputs()
+            return seen["outputs in its open transaction"] > 0
+        return True
 
     def alive() -> None:
         services_alive([engine])()
         feed.check()
 
-    reached = wait_until(
+    wait_until(
         processing, 300, lambda: f"{label} committing and processing\n{engine.tail()}", interval=0.2, alive=alive
     )
     assert feed.running, f"the session ran out before {label} was killed: lengthen it"
     engine.proc.send_signal(signal.SIGKILL)
     engine.proc.wait(30)
-    return reached
+    print(f"\n{label} killed at {seen}")  # committed and published: md.trades records
 
 
 @pytest.mark.timeout(900)
@@ -312,9 +338,9 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(
     assert "ProducerFenced" in log_a or "fenced" in log_a.lower(), log_a[-4000:]
     assert a_done is not None, f"A still running after it was fenced\n{log_a[-4000:]}"
 
-    from tests.stream_apps.faust_app.test_engine_app import wait_for_features
-
-    wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), workers=[b])
+    wait_for_distinct(
+        kafka_bootstrap, topic_prefix + "features", serde, "evaluation_id", len(want["features"]), 120, [b]
+    )
     assert b.metric("tapeflow_engine_forced_releases_total") == 0  # else parity cannot hold (make_config)
     assert b.stop() == 0
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde, isolation_level="read_committed")
@@ -326,8 +352,8 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(
 def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twice(
     kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde, workers
 ):
-    """One engine catching up on a backlog is SIGSTOPped past its group session (9 s against 6 s) and
-    resumes in the same process: the group took its partitions away and gives them back. Outputs it
+    """One engine catching up on a backlog is SIGSTOPped past its group session (until the group is
+    empty: 6 s and the broker's next expiry check) and resumes in the same process: the group took its partitions away and gives them back. Outputs it
     had written into its open transactions for inputs whose offsets it never committed must not stay
     there: it reads those inputs again from the committed offsets and writes their outputs again
     (before the fix: 80 and 116 feature ids twice in two runs, the stale copy committed with the new one)."""
@@ -364,15 +390,17 @@ def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twic
     )
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
-        time.sleep(9.0)  # the pause itself is the fault: past the 6-s session
+        # the pause itself is the fault: past the 6-s session, until the group has dropped A and its
+        # partitions (a fixed 9 s on a loaded broker could end before that, or wait longer than needed)
+        wait_until(lambda: _group_empty(kafka_bootstrap, config.app_id), 60, "A's session expired", interval=0.5)
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
     feeder.join(120)
     assert not feeder.is_alive()
 
-    from tests.stream_apps.faust_app.test_engine_app import wait_for_features
-
-    wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), workers=[a])
+    wait_for_distinct(
+        kafka_bootstrap, topic_prefix + "features", serde, "evaluation_id", len(want["features"]), 120, [a]
+    )
     assert a.stop() == 0
     assert "open transaction of revoked partitions aborted" in a.log()  # the pause did cost it its partitions
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde, isolation_level="read_committed")
