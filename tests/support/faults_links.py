@@ -143,7 +143,7 @@ def broker_killed(
     spec, expected = _session(duration_s, trades_per_s, symbol)
     detail: dict[str, Any] = {"expected": expected}
     env = {"TAPEFLOW_STOP_TIMEOUT_S": str(stop_timeout_s)} if stop_timeout_s else None
-    with live_stack(home, spec, env=env) as stack:
+    with live_stack(home, spec, env=env, dated_at_launch=True) as stack:  # trades flow from the start on
         _flowing(stack, symbol)
         _kill_phase(stack, detail, symbol, kills, stall_before_kill_s, trades_per_s)
         _finish(stack, detail, symbol, duration_s)
@@ -519,7 +519,7 @@ def sink_db_link_faults(
         else:
             proxy = entry = scope.enter_context(LinkProxy(_db_upstream(home)))
         scope.enter_context(_sink_through(entry))
-        stack = scope.enter_context(live_stack(home, spec, env=env))
+        stack = scope.enter_context(live_stack(home, spec, env=env, dated_at_launch=True))
         _flowing(stack, symbol)
         assert proxy.connections > 0, "the sink does not go through the proxy"
         sink_pid = stack.service_pid("sink")
