@@ -21,9 +21,9 @@ concurrently, the executor sees a signal when it arrives, after the trades that 
 evaluation (docs/concepts/backtest.md, "Parity"). Engine and executor read a copy of md.* (the same records and keys,
 written by one producer in large batches).
 
-Run time on the 2-core machine: 300 s and 47 CPU-s alone at load ~18 (2026-11-29: 40,199 trades at 0.4 of
-the earlier rates, 10,800 marks, 203 signals, 87 closed positions, every exit reason of ws_only; 1,675 s
-and 77 CPU-s at load ~30 with 102,454 trades, 32,400 marks and the stage copy read back whole); 145 s
+Run time on the 2-core machine: 344 s and 40 CPU-s alone at load ~17 (2026-11-29: 20,835 trades at 0.2 of
+the earlier rates, 10,800 marks, 198 signals, 83 closed positions, every exit reason of ws_only; 411 s
+and 61 CPU-s at load ~15 with 102,454 trades, 32,400 marks and the stage copy read back whole); 145 s
 and 132 CPU-s alone
 (2026-11-26, 3 hours: 102,454 trades, 201
 signals, 82 closed positions, every exit reason for both strategies; 4 hours took 179 s and ~200 CPU-s
@@ -90,10 +90,11 @@ H = 3_600_000
 START = 1_704_088_800_000  # 2024-01-01 06:00 UTC; the 08:00 funding time falls inside
 END = START + 3 * H
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
-#: trades/s: 0.4 of what the session had until 2026-11-29 (3.0/2.5/2.0): 40,199 trades instead of 102,454
-#: through every stage (marks, books and indicators unchanged), the same 200-odd signals (CVD direction and
-#: the scores do not scale with the trade rate: 203 instead of 201) and every exit reason of ws_only
-RATES = {"BTCUSDT": 1.2, "ETHUSDT": 1.0, "SOLUSDT": 0.8}
+#: trades/s: 0.2 of what the session had until 2026-11-29 (3.0/2.5/2.0): 20,835 trades instead of 102,454
+#: through every stage (books and indicators unchanged), the same 200-odd signals (CVD direction and the
+#: scores do not scale with the trade rate: 198 instead of 201, 83 closed positions instead of 82) and
+#: every exit reason of ws_only (timeout the rarest: 2)
+RATES = {"BTCUSDT": 0.6, "ETHUSDT": 0.5, "SOLUSDT": 0.4}
 SEED = 5
 SPEED = "max"  # the fake starts with the first subscription and paces to the producer (--replay-control-url)
 FAR = 1e9  # the session is from 2024: the services' wall-clock age limits must not apply
