@@ -21,9 +21,10 @@ concurrently, the executor sees a signal when it arrives, after the trades that 
 evaluation (docs/concepts/backtest.md, "Parity"). Engine and executor read a copy of md.* (the same records and keys,
 written by one producer in large batches).
 
-Run time on the 2-core machine: 344 s and 40 CPU-s alone at load ~17 (2026-11-29: 20,835 trades at 0.2 of
-the earlier rates, 10,800 marks, 198 signals, 83 closed positions, every exit reason of ws_only; 411 s
-and 61 CPU-s at load ~15 with 102,454 trades, 32,400 marks and the stage copy read back whole); 145 s
+Run time on the 2-core machine (`benchmarks.cpu_alone`, 2026-11-29, load ~6): 95 s and 37 CPU-s with
+about 20,800 trades at 0.2 of the earlier rates, a mark every 3 s and a book every 4 s (about 200 signals
+and 80 closed positions, every exit reason of ws_only); 108 s and 65 CPU-s beside it with 102,454
+trades, a mark every second, a book every 2 s and the stage copy read back whole. Before: 145 s
 and 132 CPU-s alone
 (2026-11-26, 3 hours: 102,454 trades, 201
 signals, 82 closed positions, every exit reason for both strategies; 4 hours took 179 s and ~200 CPU-s
@@ -157,16 +158,19 @@ def session() -> SyntheticSource:
 
 
 #: a mark price every 3 s, the cadence of Binance's `<symbol>@markPrice` stream (`@1s` is the faster
-#: option the generator makes): 10,800 marks instead of 32,400 through every stage, the same signals
-#: and closed positions in the backtest of the session, and the 08:00 mark (funding) still there
-MARK_EVERY_S = 3
+#: option the generator makes): 10,800 marks instead of 32,400 through every stage, the 08:00 mark
+#: (funding) still there; and a book every 4 s instead of 2 (half the depth diffs and md.book). The
+#: backtest of the session gives 197 signals and 80 closed positions with every exit reason, as with
+#: every mark and book (198, 81)
+MARK_EVERY_S, BOOK_EVERY_S = 3, 4
 
 
 def session_blocks():
-    """The session's blocks with its marks thinned to one every `MARK_EVERY_S` seconds."""
+    """The session's blocks with its marks and books thinned (`MARK_EVERY_S`, `BOOK_EVERY_S`)."""
     for block in session().blocks():
-        marks = block.records.get("marks", [])
-        block.records["marks"] = [m for m in marks if m["event_time"] // 1000 % MARK_EVERY_S == 0]
+        for kind, every in (("marks", MARK_EVERY_S), ("books", BOOK_EVERY_S)):
+            kept = block.records.get(kind, [])
+            block.records[kind] = [r for r in kept if r["event_time"] // 1000 % every == 0]
         yield block
 
 
