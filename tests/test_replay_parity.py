@@ -155,9 +155,9 @@ def test_replay_output_and_positions_are_identical_at_1x_60x_and_max_on_a_loaded
     assert backtest_signals(kafka_bootstrap, top["prefix"], inputs, SPEEDS_STRATEGY) == outputs["signals"]
 
 
-#: the long session's depth every 500 ms instead of 100: half the subscribed frames (trades unchanged),
-#: half the CPU of the run in a suite that is CPU-bound
-LONG_ARGS = ("--synthetic-depth-interval-ms", "500")
+#: the long session's depth every second instead of every 100 ms (500 until 2026-11-29): its frames are
+#: mostly trades (the trades unchanged), a fraction of the CPU of each run in a suite that is CPU-bound
+LONG_ARGS = ("--synthetic-depth-interval-ms", "1000")
 LONG_S = 3600
 
 
@@ -167,9 +167,10 @@ def test_a_one_hour_replay_at_max_equals_the_engine_core_and_loses_no_frame(kafk
     event time behind) equals the engine core and the backtest on what it published; every trade is on
     md.trades once, in agg-id order per symbol, and the producer's summary is true.
 
-    One hour since 2026-11-29 (two before: 194 s in a loaded suite): ~36,000 trades in ~58,000
-    subscribed frames, still sent long before the producer has read them. Not replayed at 60x as well:
-    speed independence is what the speeds test checks."""
+    One hour since 2026-11-29 (two before: 194 s in a loaded suite): ~36,000 trades in ~51,000
+    subscribed frames, still sent long before the producer has read them (at max the fake queues
+    frames on the connection as fast as it makes them). Not replayed at 60x as well: speed independence is what the speeds
+    test checks."""
     prefix = f"rq{os.getpid()}max{tmp_path.name[-6:]}."
     outputs, inputs, summary = replay(
         kafka_bootstrap,
