@@ -119,8 +119,9 @@ def test_replay_output_and_positions_are_identical_at_1x_60x_and_max_on_a_loaded
     Until 2026-11-29 two tests: max/60x/1x over a 4-minute session unloaded (334 s in a loaded suite,
     the 1x run alone 4 minutes of wall), and max/60x under the hog over a 10-minute session with
     positions (109 s). The 1x run now plays in a thread while the loaded runs go on (the hog is started
-    first: no process is forked with a `preexec_fn` while a thread runs). Alone at load ~29 (one nice-19
-    hog, as in the suite): 264 s and 37 CPU-s, where the 4-minute test alone took 724 s and 45 CPU-s.
+    first: no process is forked with a `preexec_fn` while a thread runs). `benchmarks.cpu_alone` at load
+    ~2 with one nice-19 hog, as in the suite: 147 s and 52 CPU-s besides the hog's 38 (which takes only
+    idle CPU), where the two tests took 321 s and 68 CPU-s, and 70 s and 38 CPU-s besides the hog's 23.
     Seed 21: 7 signals, 7 position events (closed by tp and sl_be)."""
     runs: dict[str, dict] = {}
     with ThreadPoolExecutor(1) as pool:
