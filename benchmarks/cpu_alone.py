@@ -13,7 +13,7 @@ broker and PostgreSQL is in the total: compare a test with itself, before and af
 On a machine shared with others, CPU seconds are the comparable figure, not wall time; they still
 grow with the load (services polling at a fixed interval poll longer), so give the load with them.
 
-    .venv/bin/python -m benchmarks.cpu_alone tests/test_replay_parity.py::test_a_two_hour_replay_at_max_equals_the_engine_core_and_loses_no_frame
+    .venv/bin/python -m benchmarks.cpu_alone tests/test_replay_parity.py::test_a_one_hour_replay_at_max_equals_the_engine_core_and_loses_no_frame
 """
 
 from __future__ import annotations
