@@ -20,6 +20,7 @@ from tapeflow.stack.supervisor import RESTART_LIMIT, Supervisor, stack_status
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tests.support.supervising import supervising
 from tests.support.waiting import wait_until
 
 RUN_1 = """
@@ -101,14 +102,8 @@ def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
     flag = tmp_path / "full"
     flag.touch()
     service = Dying(settings, paths, flag, life_s=1.0)
-    said: list[str] = []
-    sup = Supervisor(settings, paths, say=said.append, services=[service], steps=[])
-    sup.acquire_lock()
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(sup.supervise(poll_s=0.05)), daemon=True)
-    try:
-        sup.start_all()
-        thread.start()
+    with supervising(settings, paths, [service]) as run:
+        sup, said, result = run.sup, run.said, run.result
         held = wait_until(
             lambda: (c := _component(sup, "dying")) and c.state == "disk-full" and c,
             10,
@@ -127,11 +122,6 @@ def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
             wait_until(lambda: "dying" in sup.held, 10, lambda: str(said), interval=0.05)
         assert not result and not any("stopping the stack" in line for line in said), said
         assert any("cleared after" in line and "restarting" in line for line in said), said
-    finally:
-        sup.stop_requested.set()
-        thread.join(10)
-        sup.stop_all()
-        sup.release()
     assert result == [0]
 
 

@@ -8,13 +8,12 @@ have reported the stack as failed."""
 from __future__ import annotations
 
 import sys
-import threading
 
 from tapeflow.stack.service import Launch, Service
-from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tests.support.supervising import supervising
 from tests.support.waiting import wait_until
 
 
@@ -42,21 +41,10 @@ def test_a_stop_during_a_restarts_readiness_wait_ends_the_stack_cleanly(tmp_path
     paths.ensure()
     settings = Settings(home=paths.home, broker=None, database_url=None, startup_timeout_s=60)
     service = SlowRestart(settings, paths)
-    said: list[str] = []
-    sup = Supervisor(settings, paths, say=said.append, services=[service], steps=[])
-    sup.acquire_lock()
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(sup.supervise(poll_s=0.05)), daemon=True)
-    try:
-        sup.start_all()
-        thread.start()
+    with supervising(settings, paths, [service]) as run:
         # the restart's process is launched and the supervisor is inside its readiness wait (60 s)
-        wait_until(lambda: service.starts == 2, 15, lambda: str(said), interval=0.05)
-        assert not result, said
-    finally:
-        sup.stop_requested.set()
-        thread.join(10)
-        sup.stop_all()
-        sup.release()
+        wait_until(lambda: service.starts == 2, 15, lambda: str(run.said), interval=0.05)
+        assert not run.result, run.said
+    result, said = run.result, run.said
     assert result == [0], said
     assert not any("restart failed" in line for line in said), said

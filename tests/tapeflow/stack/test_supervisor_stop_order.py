@@ -8,13 +8,12 @@ waited out their 10 s stop timeout and were killed (`down` took 39 s, 13 s with 
 from __future__ import annotations
 
 import sys
-import threading
 
 from tapeflow.stack.service import Launch, Service
-from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tests.support.supervising import supervising
 from tests.support.waiting import wait_until
 
 
@@ -42,22 +41,11 @@ def test_a_restarted_service_is_still_stopped_after_the_services_started_after_i
     settings = Settings(home=paths.home, broker=None, database_url=None, startup_timeout_s=60)
     broker = Sleeper(settings, paths, "broker", dies_first=True)
     services = [broker, Sleeper(settings, paths, "sink"), Sleeper(settings, paths, "engine")]
-    said: list[str] = []
-    sup = Supervisor(settings, paths, say=said.append, services=services, steps=[])
-    sup.acquire_lock()
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(sup.supervise(poll_s=0.05)), daemon=True)
-    try:
-        sup.start_all()
-        thread.start()
+    with supervising(settings, paths, services) as run:
         # the broker's first process exits: the supervisor restarts it (after 1 s), which re-inserts it
         # in `running`, after the services started after it
-        wait_until(lambda: list(sup.running)[-1:] == ["broker"], 30, lambda: str(said), interval=0.05)
-    finally:
-        sup.stop_requested.set()
-        thread.join(10)
-        sup.stop_all()
-        sup.release()
+        wait_until(lambda: list(run.sup.running)[-1:] == ["broker"], 30, lambda: str(run.said), interval=0.05)
+    result, said = run.result, run.said
     assert result == [0] and broker.starts == 2, said
     stopped = [line.split()[0] for line in said if line.split()[-1] in ("terminated", "killed", "gone")]
     assert stopped == ["engine", "sink", "broker"], said
