@@ -10,7 +10,6 @@ without the token are refused. Screenshots of each view go to the module's tmp d
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ from sinks.tables import table_for_topic, write_rows
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_ui.security import COOKIE, csrf_value, load_token
 from tests.support.chromium import CHROMIUM, DevTools
+from tests.support.ui_server import serving
 from tests.support.ui_session import (
     UI_STRATEGY,
     UI_WINDOWS,
@@ -85,8 +85,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 @pytest.fixture(scope="module")
 def site(pg_server, kafka_bootstrap, tmp_path_factory):
-    import uvicorn
-
     from tapeflow.cli import _ui_consumer_lag
     from tapeflow_runtime.settings import Settings
     from tapeflow_ui.app import create_app
@@ -152,20 +150,11 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
         lag_refresh_s=0.3,  # the lag source `tapeflow ui` wires
         live=live_follower(settings, StackPaths(home)),
     )  # and its live updates
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
     shots = tmp_path_factory.mktemp("ui-screenshots")
     try:
-        yield Site(f"http://127.0.0.1:{port}", token, owner, shots, kafka_bootstrap, prefix, settings)
+        with serving(app) as url:
+            yield Site(url, token, owner, shots, kafka_bootstrap, prefix, settings)
     finally:
-        server.should_exit = True
-        thread.join(30)
         with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
