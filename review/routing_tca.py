@@ -24,16 +24,14 @@ Rules of thumb for a person to review, not an optimiser: the report shows the nu
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from execution.routing import bucket_for
+from execution.routing import bucket_for, parse_route
 from review.tca import Fill, slip_bps
 from stream_apps.core.routing_table import RouteBucket, RoutingTable
 
-_REASON = re.compile(r"^route (?P<label>\S+) n=(?P<notional>[0-9.]+) (?P<role>maker|taker)")
 MIN_WAIT_MS, MAX_WAIT_MS = 500, 10_000
 
 
@@ -67,8 +65,8 @@ class OrderStat:
 
 def parse_reason(reason: str | None) -> tuple[float, str] | None:
     """(entry notional, maker|taker) of a routed order's reason; None for any other order."""
-    m = _REASON.match(reason or "")
-    return (float(m["notional"]), m["role"]) if m else None
+    found = parse_route(reason)  # the executor's own reading of the reasons it writes
+    return (found.notional, found.role) if found else None
 
 
 def order_stats(orders: Iterable[RoutedOrder], fills: Sequence[Fill]) -> list[OrderStat]:
