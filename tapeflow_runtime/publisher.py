@@ -12,6 +12,15 @@ offsets given (read_committed readers see all of them or none). A record that fa
 produced again: the transaction is aborted instead (`TransactionAborted`), and the caller re-processes
 its inputs from the last committed offsets. A fenced producer (a newer one with the same
 transactional.id) or any other fatal error raises `TransactionFenced`.
+
+A transactional producer never re-bootstraps (`metadata.recovery.strategy=none`): librdkafka (2.16)
+re-bootstraps a client whose brokers are all down (a broker restart), decommissioning the learned
+brokers; one still cached as the group coordinator then keeps `send_offsets_to_transaction` waiting
+on a broker thread that is gone, past the call's timeout and for good (librdkafka issues 5511 and
+5456). The executor stalled inside that call after every restart of the stack's broker: its consumer
+left the group and it neither traded nor stopped. Without re-bootstrapping, the producer reconnects to
+the brokers it knows, as before KIP-1102; a cluster whose every broker changed address is then only
+found by a restarted process.
 """
 
 from __future__ import annotations
@@ -110,6 +119,8 @@ class Publisher:
             producer_overrides = {
                 "transactional.id": transactional_id,
                 "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                # no re-bootstrap: it strands send_offsets_to_transaction on a decommissioned coordinator
+                "metadata.recovery.strategy": "none",
                 **producer_overrides,
             }
         self._producer = Producer(producer_config(bootstrap, **producer_overrides))
