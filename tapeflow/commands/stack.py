@@ -52,6 +52,13 @@ def up(
         help="Rehearsal: run sink, engine and executor on the namespace NAME that "
         "`tapeflow replay --to-prefix NAME` fills (no producer; point TAPEFLOW_BROKER at the broker holding it).",
     ),
+    only: str | None = typer.Option(
+        None,
+        "--only",
+        help="Start only these services (comma-separated names as `tapeflow status` shows them, e.g. "
+        "`sink,producer`); the broker, the database, migrations and topics always run, and a replay's producer "
+        "brings its fake-exchange. Default: every service.",
+    ),
 ) -> None:
     """Start the stack and supervise it: broker, PostgreSQL, migrations, topics, then the sink, the signal
     engine, the paper executor, the outcome labels writer and the canary guardrail controller (and the cross-venue watchlist when
@@ -59,7 +66,7 @@ def up(
     web UI (`tapeflow ui`; its login URL, with the token, is printed). A crashed service is restarted with
     backoff."""
     from sinks.retention import resolve_policies
-    from tapeflow.stack.supervisor import run_foreground, start_detached
+    from tapeflow.stack.supervisor import parse_only, run_foreground, start_detached
 
     state.overrides.update({k: v for k, v in (("source", source), ("replay_speed", replay_speed)) if v})
     state._settings = None
@@ -67,7 +74,7 @@ def up(
     settings, paths = state.settings(), state.paths()
     resolve_policies(settings.retention)  # a retention typo fails here, in one line, before anything starts
     runner = start_detached if detach else run_foreground
-    raise typer.Exit(runner(settings, paths, echo))
+    raise typer.Exit(runner(settings, paths, echo, only=parse_only(only)))
 
 
 @app.command()

@@ -56,6 +56,37 @@ def default_steps(settings: Settings, paths: StackPaths) -> list[SetupStep]:
     return [MigrationsStep(settings, paths), TopicsStep(settings, paths)]
 
 
+#: what `up --only` starts whatever it names: every other service reads the broker or the database, and
+#: the setup steps (migrations, topics) run with them
+ALWAYS = ("broker", "database")
+
+
+def parse_only(text: str | None) -> frozenset[str] | None:
+    """`up --only sink,engine` -> {"sink", "engine"}; None (or nothing named) -> None, every service."""
+    names = frozenset(w for w in (text or "").replace(",", " ").split() if w)
+    return names or None
+
+
+def select_services(services: list[Service], only: frozenset[str] | None) -> list[Service]:
+    """The services of ``services`` that `up --only NAMES` runs, in start order: the broker and the database
+    always, the named ones, and what a named one cannot run without (a replay's producer reads its fake
+    exchange). A name this configuration does not run is an error that lists the ones it does (`ui` with
+    TAPEFLOW_UI=false, `fake-exchange` without a replay source), so a typo never starts a partial stack."""
+    if only is None:
+        return list(services)
+    known = [s.name for s in services]
+    unknown = sorted(only - set(known) - set(ALWAYS))
+    if unknown:
+        raise StackError(
+            f"up --only: {', '.join(unknown)} is not a service of this configuration; "
+            f"the services are {', '.join(known)}"
+        )
+    wanted = set(only) | set(ALWAYS)
+    if "producer" in wanted:
+        wanted.add("fake-exchange")  # present only with --source replay:DIR, where the producer reads it
+    return [s for s in services if s.name in wanted]
+
+
 @dataclass
 class ComponentStatus:
     name: str
@@ -537,9 +568,10 @@ def _last_line(log_path) -> str:
         return "no log"
 
 
-def run_foreground(settings: Settings, paths: StackPaths, say: Say = print) -> int:
-    """`tapeflow up`: start everything, report, supervise until SIGINT/SIGTERM, then stop everything."""
-    sup = Supervisor(settings, paths, say)
+def run_foreground(settings: Settings, paths: StackPaths, say: Say = print, only: frozenset[str] | None = None) -> int:
+    """`tapeflow up`: start everything (`only`: the services `select_services` keeps), report, supervise
+    until SIGINT/SIGTERM, then stop everything."""
+    sup = Supervisor(settings, paths, say, services=select_services(default_services(settings, paths), only))
     sup.acquire_lock()
 
     def _stop(signum, _frame):
@@ -570,8 +602,9 @@ def run_foreground(settings: Settings, paths: StackPaths, say: Say = print) -> i
     return code
 
 
-def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> int:
+def start_detached(settings: Settings, paths: StackPaths, say: Say = print, only: frozenset[str] | None = None) -> int:
     """`tapeflow up --detach`: run the supervisor in the background and wait until it is healthy."""
+    select_services(default_services(settings, paths), only)  # a name it does not run fails here, in one line
     paths.ensure()
     rec = ProcessRecord.load(paths.state_file("supervisor"))
     if rec is not None and rec.is_alive():
@@ -583,7 +616,7 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
     with open(log_path, "ab") as log:
         start = log.tell()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tapeflow", "up"],
+            [sys.executable, "-m", "tapeflow", "up", *(["--only", ",".join(sorted(only))] if only else [])],
             stdin=subprocess.DEVNULL,  # nosec B603 # the stack's own fixed argument list, no shell
             stdout=log,
             stderr=subprocess.STDOUT,
