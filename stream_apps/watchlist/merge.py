@@ -9,12 +9,26 @@ one state holds every coin (see ``service``).
 Rule: per topic-partition the merge remembers the newest event time read. Inputs are released up to
 the *watermark*: strictly before the smallest newest time over the partitions not read to their end
 (such a partition may deliver more at its newest time; one never read from holds everything back),
-and never later than the newest time read anywhere minus
-``lateness_ms`` (live, every partition is at its end most of the time, and a venue's books arrive a
-little behind another's). Per partition a released run is a prefix in offset order; the runs are
-merged by (time, topic, partition, offset), a total order that does not depend on fetch
+and never later than the newest *book* time read minus ``lateness_ms`` (live, every partition is at
+its end most of the time, and a venue's books arrive a little behind another's; before any book is
+read or fed, the newest time read anywhere). Per partition a released run is a prefix in offset order; the
+runs are merged by (time, topic, partition, offset), a total order that does not depend on fetch
 interleaving. So with the data already in the broker (replays, tests) the state sees the same input
 however the fetches interleave; ``force`` releases what a stalled partition holds back.
+
+Inputs far ahead of the books. A polled indicator is timed by its receive time (``cross_venue.events``),
+which in a replayed or synthetic session is the wall clock, years after the books; ``AheadOfBooks``
+drops it when it comes out of the merge. The lateness cap is taken from the books, not from the
+newest time read anywhere, because such an input as the newest time would lift the cap past every
+book: only the end-of-partition flags would then hold anything back, and they are stale as soon as
+new data reaches the broker (a running service that read both venues to their end could fetch one
+venue's new books before the other's and release them). An input more than ``max_ahead_ms`` ahead
+of every book read or released is released by the end-of-partition rule alone, once the state has
+been fed a book (a cap from the books would hold it for ever, and its partition behind it). It comes
+out after the books released with it, more than ``max_ahead_ms`` ahead of all of them, so
+``AheadOfBooks`` drops it, as the backtest over the same topics does (unless a book more than
+``max_ahead_ms`` newer than any book read was still unread: the margin the cap gave, now
+``max_ahead_ms`` instead of ``lateness_ms`` and only for such inputs).
 
 ``positions()`` is, per partition, the first offset not yet released (or the next one to read):
 what a checkpoint of the state commits, so a restart reads exactly what the state has not seen.
@@ -25,22 +39,34 @@ time. Pure: no Kafka, no clock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from stream_apps.cross_venue.events import BookEvent
 
 TopicPartition = tuple[str, int]
 NOTHING = -(1 << 62)
+EVERYTHING = 1 << 62
+
+#: how far ahead of the newest book an input may be before ``AheadOfBooks`` drops it (the service's
+#: ``max_ahead_ms`` default, and the backtest's over recorded topics or tables)
+MAX_AHEAD_MS = 60_000
 
 
 class PartitionMerge:
-    def __init__(self, lateness_ms: int = 0) -> None:
-        if lateness_ms < 0:
-            raise ValueError("lateness_ms must not be negative")
+    def __init__(
+        self, lateness_ms: int = 0, max_ahead_ms: int = MAX_AHEAD_MS, released_book: int | None = None
+    ) -> None:
+        """``released_book``: the newest book time the state was fed before (a checkpoint's
+        ``AheadOfBooks.newest_book``); the merge keeps it up to date with the books it releases."""
+        if lateness_ms < 0 or max_ahead_ms < 0:
+            raise ValueError("lateness_ms and max_ahead_ms must not be negative")
         self.lateness_ms = lateness_ms
+        self.max_ahead_ms = max_ahead_ms
+        self.released_book = released_book
         self._held: dict[TopicPartition, deque[tuple[int, int, Any]]] = {}
         self._newest: dict[TopicPartition, int] = {}
+        self._newest_book: dict[TopicPartition, int] = {}  # the books' clock: what the lateness cap follows
         self._next: dict[TopicPartition, int] = {}  # next offset to read
         self._at_end: set[TopicPartition] = set()
 
@@ -54,7 +80,7 @@ class PartitionMerge:
 
     def revoke(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
-            for table in (self._held, self._newest, self._next):
+            for table in (self._held, self._newest, self._newest_book, self._next):
                 table.pop(tp, None)
             self._at_end.discard(tp)
 
@@ -69,6 +95,8 @@ class PartitionMerge:
         self._next[tp] = offset + 1
         if time_ms is not None:
             self._newest[tp] = max(time_ms, self._newest.get(tp, time_ms))
+            if isinstance(item, BookEvent):
+                self._newest_book[tp] = max(time_ms, self._newest_book.get(tp, time_ms))
         if item is not None:
             queue.append((NOTHING if time_ms is None else time_ms, offset, item))
 
@@ -84,31 +112,57 @@ class PartitionMerge:
     def newest(self) -> int | None:
         return max(self._newest.values(), default=None)
 
+    def newest_book(self) -> int | None:
+        return max(self._newest_book.values(), default=None)
+
     def watermark(self, force: bool = False) -> int:
         """Event time up to which the input is complete (``force``: ignore partitions still behind)."""
-        newest = self.newest()
-        if newest is None:
+        books = [t for t in (self.newest_book(), self.released_book) if t is not None]
+        # no book read or fed yet: the newest input (nothing is ahead of a book; ``AheadOfBooks`` keeps all)
+        clock = max(books) if books else self.newest()
+        if clock is None:
             return NOTHING
-        mark = newest - self.lateness_ms
-        if force:
-            return mark
-        for tp in self._held:
-            if tp not in self._at_end:  # it may still deliver more at its newest time: strictly before
-                mark = min(mark, self._newest.get(tp, NOTHING + 1) - 1)
+        return min(clock - self.lateness_ms, self._ends(force))
+
+    def _ends(self, force: bool) -> int:
+        """The end-of-partition rule: strictly before the newest time of every partition not at its end."""
+        mark = EVERYTHING
+        if not force:
+            for tp in self._held:
+                if tp not in self._at_end:  # it may still deliver more at its newest time: strictly before
+                    mark = min(mark, self._newest.get(tp, NOTHING + 1) - 1)
         return mark
 
     def release(self, force: bool = False) -> list[tuple[int, TopicPartition, int, Any]]:
-        """Every held input with time <= the watermark as (time, tp, offset, item) in merge order."""
+        """Every held input with time <= the watermark as (time, tp, offset, item) in merge order, and
+        those far ahead of the books that the end-of-partition rule lets go (see the module docstring)."""
         mark = self.watermark(force)
         if mark == NOTHING:
             return []
-        out = []
-        for tp, queue in self._held.items():
-            while queue and queue[0][0] <= mark:
-                time_ms, offset, item = queue.popleft()
-                out.append((time_ms, tp, offset, item))
+        out: list[tuple[int, TopicPartition, int, Any]] = []
+        self._pop(out, lambda t: t <= mark)
+        far = self._far_ahead_from()
+        if far is not None:  # the books released so far (and read) make these dropped when they come out
+            ends = self._ends(force)
+            self._pop(out, lambda t: t <= mark or far < t <= ends)
         out.sort(key=lambda r: (r[0], r[1], r[2]))
         return out
+
+    def _pop(self, out: list, due: Callable[[int], bool]) -> None:
+        """Per partition, the prefix of held inputs that are `due`, onto `out`."""
+        for tp, queue in self._held.items():
+            while queue and due(queue[0][0]):
+                time_ms, offset, item = queue.popleft()
+                out.append((time_ms, tp, offset, item))
+                if isinstance(item, BookEvent):
+                    self.released_book = max(time_ms, self.released_book or time_ms)
+
+    def _far_ahead_from(self) -> int | None:
+        """Times beyond this are far ahead: more than ``max_ahead_ms`` past every book read or released
+        (``AheadOfBooks`` drops them); None while no book has been released (it would keep them)."""
+        if self.released_book is None:
+            return None
+        return max(self.released_book, self.newest_book() or self.released_book) + self.max_ahead_ms
 
     def positions(self) -> dict[TopicPartition, int]:
         """Per partition with a known position: the first offset whose input the state has not seen."""
@@ -119,11 +173,6 @@ class PartitionMerge:
             elif tp in self._next:
                 out[tp] = self._next[tp]
         return out
-
-
-#: how far ahead of the newest book an input may be before ``AheadOfBooks`` drops it (the service's
-#: ``max_ahead_ms`` default, and the backtest's over recorded topics or tables)
-MAX_AHEAD_MS = 60_000
 
 
 class AheadOfBooks:

@@ -188,7 +188,7 @@ class WatchlistService:
         # inputs far ahead of the newest book fed to the state are dropped (merge.AheadOfBooks)
         self.ahead_filter = AheadOfBooks(options.max_ahead_ms)
         self.state, self.positions = self._restore()
-        self.merge = PartitionMerge(options.lateness_ms)
+        self.merge = PartitionMerge(options.lateness_ms, options.max_ahead_ms, self.ahead_filter.newest_book)
         self.status = "starting"
         self.sole_reader = False
         self.published = 0
