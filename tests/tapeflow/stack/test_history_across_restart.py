@@ -1,7 +1,8 @@
 """Topic history survives the stack: a session replayed at max speed, `down`, `up`, and every trade is
 in `md.trades` once; a backtest over the topics equals one over the database. `tapeflow` processes
-as a user runs them, on the embedded Apache Kafka and PostgreSQL (without the web UI, which nothing here
-reads). While it waits (the replay finished, the trades stored) it asks the stack's status in this
+as a user runs them, on the embedded Apache Kafka and PostgreSQL, with the services the history passes
+through (`up --only sink,producer`: the producer, its fake exchange and the sink; the engine, executor,
+labels, guardrail and web UI read none of it and took ~12 CPU-s per stack to start, run and stop). While it waits (the replay finished, the trades stored) it asks the stack's status in this
 process and the database directly (`tests.support.stack_cli`: each `tapeflow` process costs ~1.5
 CPU-s), and runs `db audit` once per symbol when they are there."""
 
@@ -25,6 +26,8 @@ FROM, TO = "2021-07-22", "2021-07-24"
 
 
 NO_UI = {"TAPEFLOW_UI": "false"}
+#: the services the recorded trades pass through on their way to md.trades and the trades table
+HISTORY_PATH = ("--only", "sink,producer")
 
 
 def cli(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -95,7 +98,7 @@ def home():
 
 def test_topics_survive_down_up_and_backtests_agree(home):
     want = recorded_trades()
-    res = cli(home, "up", "--detach")
+    res = cli(home, "up", "--detach", *HISTORY_PATH)
     assert res.returncode == 0, res.stdout + res.stderr
     stack_cli.wait_for(
         lambda: stack_cli.components(home, NO_UI)["producer"]["state"] == "finished", 120, "the replay had not finished"
@@ -103,7 +106,7 @@ def test_topics_survive_down_up_and_backtests_agree(home):
     wait_stored(home, want)
     assert cli(home, "down").returncode == 0
 
-    res = cli(home, "up", "--detach")
+    res = cli(home, "up", "--detach", *HISTORY_PATH)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "already present" in res.stdout  # the topics step found them: nothing recreated
     trades = tail_trades(home)

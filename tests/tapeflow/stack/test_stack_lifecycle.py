@@ -2,9 +2,10 @@
 
 The checks that only look at a running stack share one (`test_up_status_down_lifecycle`'s, which also
 replays the recording through the pipeline); each test that kills or crashes a part of its stack starts
-its own. The tests that do not look at the
-web UI run without it (`TAPEFLOW_UI=false`: one service less to start, probe and stop; the UI's own
-start, token and stop are `test_up_status_down_lifecycle`'s). While they wait (healthy, a replay
+its own, with the services it looks at (`up --only`: the broker and the database always run; a full
+stack took ~20 CPU-s to start and stop, the broker, database and sink ~10). The tests that do not look
+at the web UI run without it (`TAPEFLOW_UI=false`: one service less to start, probe and stop; the UI's
+own start, token and stop are `test_up_status_down_lifecycle`'s). While they wait (healthy, a replay
 finished, trades stored) they ask the stack's status in this process (`tests.support.stack_cli`, what
 `tapeflow status` computes; each command costs ~1.5 CPU-s) and the database directly, and run the
 commands themselves for what they assert about them."""
@@ -24,13 +25,17 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support import secret_search
 from tests.support.paths import RECORDING
+from tests.support.secret_search import MARKERS
 from tests.support.stack_cli import cli, components, status_report, stored_trades, wait_for
 
 pytestmark = pytest.mark.integration
 
 #: the stacks of the tests that do not look at the web UI
 NO_UI = {"TAPEFLOW_UI": "false"}
+#: a stack to crash and stop: the broker, the database and one of tapeflow's own services (a consumer of both)
+BROKER_DATABASE_SINK = ("--only", "sink")
 
 
 def wait_healthy(home: Path, timeout_s: float = 90.0, env_extra: dict[str, str] | None = None) -> None:
@@ -82,9 +87,11 @@ def test_up_status_down_lifecycle(home):
     """A whole stack replaying the recording (at 10x): healthy, the UI behind its token, a second `up`
     refused, the topics served, the replay through the pipeline into the database
     (`assert_the_replay_ran_the_pipeline`, once a test of its own with a stack of its own), least
-    exposure, then `down` stops every process."""
+    exposure, no secret in anything it said, stored or wrote (`tests.support.secret_search`, with marker
+    secrets in its environment; once a test of its own with a stack of its own), then `down` stops every
+    process."""
     t0 = time.monotonic()
-    res = cli(home, "up", "--detach", "--source", f"replay:{RECORDING}", "--replay-speed", "10")
+    res = cli(home, "up", "--detach", "--source", f"replay:{RECORDING}", "--replay-speed", "10", env_extra=MARKERS)
     startup = time.monotonic() - t0
     assert res.returncode == 0, res.stdout + res.stderr
     assert "stack healthy in" in res.stdout
@@ -126,12 +133,14 @@ def test_up_status_down_lifecycle(home):
     # PostgreSQL children (backends, checkpointer, ...) must go too
     children = [p.pid for p in psutil.Process(pids["database"]).children(recursive=True)]
     assert_least_exposure(home, pids)
+    secrets, said = secret_search.said_and_stored(home, cli)
 
     down = cli(home, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     for pid in list(pids.values()) + children:
         assert not alive(pid), f"pid {pid} survived down"
     assert not list((home / "run").glob("*.json"))
+    secret_search.assert_nothing_written(home, secrets, said)
 
     after = cli(home, "status")
     assert after.returncode == 1
@@ -233,7 +242,7 @@ def test_port_conflict_is_reported_clearly(home):
 
 
 def test_stale_pid_files_and_orphans_after_a_crash(home):
-    up = cli(home, "up", "--detach", env_extra=NO_UI)
+    up = cli(home, "up", "--detach", *BROKER_DATABASE_SINK, env_extra=NO_UI)
     assert up.returncode == 0, up.stdout + up.stderr
     pids = recorded_pids(home)
     # the supervisor dies without cleaning up: its services become orphans with pid files
@@ -243,10 +252,10 @@ def test_stale_pid_files_and_orphans_after_a_crash(home):
     report = json.loads(st.stdout)
     assert st.returncode == 1 and not {c["name"]: c for c in report["components"]}["supervisor"]["healthy"]
 
-    res = cli(home, "up", "--detach", env_extra=NO_UI)
+    res = cli(home, "up", "--detach", *BROKER_DATABASE_SINK, env_extra=NO_UI)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "orphaned" in res.stdout or "stale" in res.stdout
-    for name in ("broker", "database"):
+    for name in ("broker", "database", "sink"):
         assert not alive(pids[name]), f"orphaned {name} was not stopped"
     wait_healthy(home, env_extra=NO_UI)
     assert cli(home, "down").returncode == 0
@@ -274,7 +283,9 @@ def test_stale_pid_files_and_orphans_after_a_crash(home):
 
 
 def test_supervisor_restarts_a_crashed_service(home):
-    up = cli(home, "up", "--detach", env_extra=NO_UI)
+    # the broker's clients (the consumers that must not be restarted, the producer whose records must
+    # survive); labels and guardrail are left out, as nothing here looks at them
+    up = cli(home, "up", "--detach", "--only", "sink,engine,executor,producer", env_extra=NO_UI)
     assert up.returncode == 0, up.stdout + up.stderr
     broker_pid = recorded_pids(home)["broker"]
     before = recorded_pids(home)
@@ -321,7 +332,11 @@ def test_foreground_up_stops_everything_on_ctrl_c(home):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env.update(TAPEFLOW_HOME=str(home), TAPEFLOW_SOURCE=f"replay:{RECORDING}", **NO_UI)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tapeflow", "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        [sys.executable, "-m", "tapeflow", "up", *BROKER_DATABASE_SINK],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     lines = []
     deadline = time.monotonic() + 180  # a hang guard: the supervisor bounds each start
@@ -334,7 +349,7 @@ def test_foreground_up_stops_everything_on_ctrl_c(home):
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, rest
-    assert "database   terminated" in rest and "broker     terminated" in rest
+    assert "database   terminated" in rest and "broker     terminated" in rest and "sink       terminated" in rest
     for pid in pids.values():
         assert not alive(pid)
 

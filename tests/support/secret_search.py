@@ -1,21 +1,25 @@
-"""No secret in any log line, status output, metric, file or database row (security).
+"""No secret in any log line, status output, metric, file or database row of a running stack (security).
 
-A whole stack runs an offline replay with marker secrets in its environment (exchange keys, a
-notifier token) beside the database passwords it generates itself; then everything it wrote is
-searched for every one of them: `tapeflow status` (text and JSON), `tapeflow logs` of every component,
-every file under TAPEFLOW_HOME except the secrets directory (logs, run records, Kafka's log, PostgreSQL's
-data directory and its log), every service's /metrics and /health, and every row of every table."""
+The stack runs an offline replay with marker secrets in its environment (``MARKERS``: exchange keys, a
+notifier token) beside the database passwords it generates itself; then everything it wrote is searched
+for every one of them: `tapeflow status` (text and JSON), `tapeflow logs` of every component, every
+service's /metrics and /health and every row of every table while it runs (`said_and_stored`), then,
+once it is down, every file under TAPEFLOW_HOME except the secrets directory (logs, run records, Kafka's
+log, PostgreSQL's data directory and its log: `assert_nothing_written`).
+
+Run inside tests/tapeflow/stack/test_stack_lifecycle.py's whole-stack test, on its stack: the search
+only reads, and a stack of its own cost ~20 CPU-s and a minute of a worker.
+"""
 
 from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
-
-from tests.support.stack_cli import components, wait_for
-from tests.tapeflow.stack.test_stack_lifecycle import cli, home  # noqa: F401 (the fixture)
 
 MARKERS = {
     "TAPEFLOW_BINANCE_API_KEY": "mrkKEY7f3a9c1e5b",
@@ -24,12 +28,10 @@ MARKERS = {
 }
 
 
-def test_no_secret_is_written_anywhere(home):  # noqa: F811
-    res = cli(home, "up", "--detach", "--replay-speed", "10", env_extra=MARKERS)
-    assert res.returncode == 0, res.stdout + res.stderr
-    # asked in this process (what `tapeflow status` computes; each command costs ~1.5 CPU-s): the
-    # commands whose output is searched run below
-    wait_for(lambda: components(home, MARKERS)["producer"]["state"] == "finished", 90, "the replay had not finished")
+def said_and_stored(home: Path, cli: Callable) -> tuple[dict[str, str], dict[str, str]]:
+    """(every secret by label: the markers and the generated ones, what the stack said by where) of a
+    running stack whose replay has finished, after searching every row of every table for each secret.
+    ``cli(home, *args, env_extra=...)`` runs a `tapeflow` command."""
     secrets = {f.name: f.read_text().strip() for f in (home / "secrets").iterdir()}
     assert any(name.startswith("postgres-") for name in secrets)
     markers = {**MARKERS, **{f"generated {name}": value for name, value in secrets.items() if len(value) >= 8}}
@@ -76,8 +78,12 @@ def test_no_secret_is_written_anywhere(home):  # noqa: F811
                 assert found == 0, f"{label} in {table}"
             rows_searched += conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table))).fetchone()[0]
     assert rows_searched > 1000  # the replay's trades, features, ... were there to search
+    return markers, said
 
-    assert cli(home, "down").returncode == 0
+
+def assert_nothing_written(home: Path, markers: dict[str, str], said: dict[str, str]) -> None:
+    """Once the stack is down: no secret in any file under ``home`` but its secrets directory, and none
+    in what it said."""
     files = [f for f in home.rglob("*") if f.is_file() and (home / "secrets") not in f.parents]
     assert len(files) > 50
     for label, marker in markers.items():
