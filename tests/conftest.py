@@ -170,14 +170,19 @@ def _timeout_s(item: pytest.Item) -> float:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the tests that may take longest first: those given a longer `timeout` than the default
-    (the multi-minute replays and parity runs), longest timeout first, then the rest in file order.
+    """Run the tests that take longest first: those a recent run measured (tests/slow_tests.txt,
+    `tests/support/slow_tests.py`), longest first; then those given a longer `timeout` than the default
+    (a slow test the table does not know yet), longest timeout first; then the rest in file order.
 
     Why: `make test` hands tests to parallel workers one at a time (pytest-xdist, --maxschedchunk 1).
-    Started last, a 5-minute test would keep one worker busy while the others sit idle; started
+    Started last, a 100-s test would keep one worker busy while the others sit idle; started
     first, each runs beside the short tests and the workers finish together. Order does not matter
     otherwise: every test has its own topics and database."""
-    items.sort(key=lambda item: -_timeout_s(item))  # stable: file order within a timeout
+    from tests.support.slow_tests import known_seconds
+
+    measured = known_seconds()
+    # stable: file order within a rank
+    items.sort(key=lambda item: (-measured.get(item.nodeid, 0.0), -_timeout_s(item)))
 
 
 @pytest.fixture(scope="session")
