@@ -19,6 +19,14 @@ offset of each released record keeps the commit safe. A partition whose holding 
 nothing for ``max_hold_s`` and have nothing left to read (an end never reported) is released as it
 is (``release(force=...)``).
 
+Across partitions (``release_all``, what the service uses): one executor trades every assigned
+partition on one event clock (``execution.event_clock``), so it is handed inputs in event-time order
+across them, as the backtest feeds its markets: up to the least watermark of all partitions (one
+whose every topic is at its end bounds nothing; one whose bound is unknown holds everything). Ties
+across partitions (equal time and rank) go by offset, then queue: deterministic for the same records.
+Live, every topic is at its end after each fetch and nothing waits; on a replay or after a restart,
+a partition that is behind holds the others, as it must for the clock to be the backtest's.
+
 The consumer delivers all partitions through one queue, so a topic far ahead (an hour of md.trades
 read at once) can bury the very records that would release it: the service pauses a topic-partition
 holding more than ``PAUSE_AT`` inputs until it is drained below ``RESUME_AT``.
@@ -27,8 +35,9 @@ holding more than ``PAUSE_AT`` inputs until it is drained below ``RESUME_AT``.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +126,46 @@ class InputAligner:
         while heap:
             head, i = heapq.heappop(heap)
             if not force and mark is not None and head.time > mark:
+                break  # heads are the oldest of their queues: nothing else is due either
+            out.append(queues[i].popleft())
+            if queues[i]:
+                heapq.heappush(heap, (queues[i][0], i))
+        return out
+
+    def known(self) -> set[int]:
+        """Every partition the aligner has heard of (a record, an end)."""
+        return {p for _, p in self._newest} | {p for _, p in self._at_end} | self.partitions()
+
+    def bound(self, partition: int) -> float | None:
+        """Event time up to which ``partition``'s inputs are complete: infinite when every topic is at its
+        end, None while a topic not at its end has delivered nothing (it may hold anything)."""
+        if all((t, partition) in self._at_end for t in self.topics):
+            return math.inf
+        return self.watermark(partition)
+
+    def oldest(self) -> int | None:
+        """The oldest held input's event time, over every partition (None: nothing held)."""
+        return min((q[0].time for q in self._queues.values() if q), default=None)
+
+    def release_all(self, partitions: Iterable[int]) -> list[Held]:
+        """Every held input up to the watermark of all ``partitions`` together (the least ``bound``), in
+        event-time order across partitions: the order the backtest feeds its markets in (one executor
+        trades every assigned partition, on one event clock: ``execution.event_clock``). Within a
+        partition this is the order ``release`` gives; nothing is released while a partition's bound is
+        unknown."""
+        mark = math.inf
+        for partition in partitions:
+            bound = self.bound(partition)
+            if bound is None:
+                return []
+            mark = min(mark, bound)
+        queues = [q for q in self._queues.values() if q]
+        heap = [(q[0], i) for i, q in enumerate(queues)]
+        heapq.heapify(heap)
+        out: list[Held] = []
+        while heap:
+            head, i = heapq.heappop(heap)
+            if head.time > mark:
                 break  # heads are the oldest of their queues: nothing else is due either
             out.append(queues[i].popleft())
             if queues[i]:

@@ -32,10 +32,20 @@ was aborted, and a restart rebuilds it from the committed cut. One that held inp
 broker that stopped answering during an idle commit) is aborted and the service goes on: nothing of
 its state came from it, and the next transaction commits later offsets.
 
-Input order: inputs are processed in event-time order per partition (`execution.input_order`): when
-the executor is behind (a restart, a replay already in the broker) a signal is handled before the
-trades after its evaluation time, so fills are those of the backtest; live, every topic is at its end
-and inputs are handled as they arrive.
+Input order: inputs are processed in event-time order across the assigned partitions
+(`execution.input_order`): when the executor is behind (a restart, a replay already in the broker) a
+signal is handled before the trades after its evaluation time, so fills are those of the backtest;
+live, every topic is at its end and inputs are handled as they arrive.
+
+Clocks (`execution.service_clock`): in paper mode the executor's `now` is event time
+(`execution.event_clock`): each input is handed at `max(its event time, the clock)` and `on_clock`
+runs where the backtest runs it (at most once per second of event time, on signals, marks, books and
+busy markets' trades), so the maker waits, TWAP slices, signal ages, stale data, the UTC day and
+pause ends of a paper run are those of the backtest over the same records, at any replay speed; the
+clock commits with the input offsets (their metadata) and comes back with them on a restart.
+Testnet and live keep the wall clock (real orders and acks). On the wall clock in every mode, since
+they measure the process and not the market: metrics (data age, lag), SLO samples and windows,
+health, the commit cadence, the consumer's wait. Kill-switch records are applied at the clock's `now`.
 
 State persistence (the design choice): the executor's own output topics are its state. On every
 partition assignment it reads `positions` and `orders` (the assigned partitions) and all of
@@ -94,6 +104,7 @@ from execution.safety import (
     check_mode_allowed,
     startup_echo,
 )
+from execution.service_clock import ExecutorClock
 from execution.service_commits import OffsetCommitter
 from execution.service_inputs import INPUTS, InputGate
 from execution.service_restore import read_before_committed, read_signals
@@ -228,6 +239,8 @@ class ExecutorService:
             transactional_id=self._group if self.transactional else None,
         )
         self.committer = OffsetCommitter(self.publisher, self.transactional)
+        self.executor_clock = ExecutorClock(mode, self.clock)  # paper: event time (execution.event_clock)
+        self.committer.metadata = self.executor_clock.metadata  # the clock commits with its input offsets
         audit = audit or DegradationAudit(None, mode)
         self.slo = SloFeed(SloMonitor(self.clock(), active=audit.last_active()), self.metrics, audit, mode)
         self.sink = KafkaSink(
@@ -378,11 +391,13 @@ class ExecutorService:
             except Exception as exc:
                 log.warning("undecodable risk.events record ignored", offset=msg.offset(), error=str(exc))
                 continue
-            ex.on_risk_record(record, self.clock())
+            ex.on_risk_record(record, self.executor_clock.now())
 
     def _tick(self, ex: Executor, now: int) -> None:
-        """The executor's clock, a due reconciliation, gauges and consumer lag."""
-        ex.on_clock(now)
+        """The executor's clock (exchange modes: paper's runs on event time, with its inputs), a due
+        reconciliation, gauges and consumer lag."""
+        if not self.executor_clock.on_events:
+            ex.on_clock(now)
         if self.reconciler is not None and self.reconciler.due(now):
             self._reconcile(ex, now)
         self._refresh_gauges(ex, now)
@@ -440,7 +455,13 @@ class ExecutorService:
             idle_s=self.options.restore_idle_s,
         )
         positions, orders, risk = (state[self.prefix + name] for name in ("positions", "orders", "risk.events"))
-        now = self.clock()
+        warm: tuple[list[dict], list[dict]] = ([], [])
+        if self.transactional:  # the newest inputs before the committed cut
+            warm = read_before_committed(consumer, self.bootstrap, self._group, self.serde, self.prefix, signals)
+        clock = self.executor_clock
+        if not clock.committed(consumer, [self.prefix + name for name in INPUTS], signals):
+            clock.from_restore(*warm, [*positions.records, *orders.records])
+        now = clock.now()  # paper: the event time of the committed cut (execution.event_clock)
         broker = self.broker if self.broker is not None else build_broker(self.mode, self.config)
         executor = Executor(self.config, self.mode, broker, self.sink, now)
         executor.entry_flow.router.resolver = RevisionTables(self.settings)  # routing tables by revision
@@ -455,9 +476,9 @@ class ExecutorService:
             committed_cut=self.transactional,
         )
         if self.transactional:
-            executor.warm_market(
-                *read_before_committed(consumer, self.bootstrap, self._group, self.serde, self.prefix, signals)
-            )
+            executor.warm_market(*warm)
+        clock.restored(executor)
+        self.inputs.assign(signals)
         total = len(topic_metadata(consumer, self.prefix + "signals").partitions)
         executor.owner_ok = signals == list(range(total))
         self._risk.assign([TopicPartition(self.prefix + "risk.events", p, off) for p, off in risk.next_offsets.items()])
@@ -468,6 +489,7 @@ class ExecutorService:
             risk_state=executor.guard.state_name(now),
             daily_pnl_r=executor.guard.state.daily_pnl_r,
             sole_writer=executor.owner_ok,
+            clock=clock.restored_from,
             **summary,
         )
         if not executor.owner_ok:
@@ -504,27 +526,30 @@ class ExecutorService:
     def _handle_held(self, ex: Executor, held: Held) -> None:
         """Handle an input the aligner released; its offset goes with the next commit."""
         record, msg = held.item
-        self._handle(ex, held.topic, record, msg)
+        now = self.executor_clock.before(ex, held.topic, held.time, record)
+        self._handle(ex, held.topic, record, msg, now)
+        self.executor_clock.after(ex, held.topic)
         self.committer.handled_input(msg)
 
-    def _handle(self, ex: Executor, name: str, record: dict | Exception, msg) -> None:
+    def _handle(self, ex: Executor, name: str, record: dict | Exception, msg, now: int) -> None:
+        """Hand one input to the executor at `now` (the executor's clock); SLO samples on the wall clock."""
         if isinstance(record, Exception):
             self.metrics.decode_errors.labels(name).inc()
             self.publisher.dead_letter(
                 dlq_topic(name), msg.topic(), msg.value() or b"", f"{record}", "decode", key=msg.key()
             )
             return
-        now = self.clock()
+        wall = self.clock()
         if name == "md.trades":
             ex.on_trade(record, now)
-            self.slo.trade(record, now)
+            self.slo.trade(record, wall)
         elif name == "md.book":
             ex.on_book(record, now)
         elif name == "md.mark":
             ex.on_mark(record, now)
         else:
             decision = ex.on_signal(record, now)
-            self.slo.signal(decision.allowed, decision.reason, now)
+            self.slo.signal(decision.allowed, decision.reason, wall)
             if decision.allowed:
                 produced_ms = msg.timestamp()[1]
                 self.metrics.signal_to_order.observe(max(0.0, time.time() - produced_ms / 1000))
@@ -535,7 +560,7 @@ class ExecutorService:
 
     def _refresh_gauges(self, ex: Executor, now: int) -> None:
         self.metrics.open_positions.set(len(ex.positions))
-        self.metrics.set_risk_state(ex.guard.state_name(now))  # also after a restart that restored a halt
+        self.metrics.set_risk_state(ex.guard.state_name(self.executor_clock.now()))  # also a restored halt
         for key, t in ex.data_time.items():
             self.metrics.data_age.labels(key).set(max(0.0, (now - t) / 1000))
         if not self.publisher.healthy and self.status == "running":
@@ -543,12 +568,11 @@ class ExecutorService:
 
     def health(self) -> dict[str, Any]:
         ex = self.executor
-        now = self.clock()
         return {
             "status": self.status,
             "mode": self.mode,
             "open_positions": len(ex.positions) if ex else 0,
-            "risk_state": ex.guard.state_name(now) if ex else None,
+            "risk_state": ex.guard.state_name(self.executor_clock.now()) if ex else None,
             "sole_writer": ex.owner_ok if ex else False,
             "exchange_up": ex.venue_up if ex else False,
             "outputs_healthy": self.publisher.healthy,

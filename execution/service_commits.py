@@ -15,6 +15,7 @@ is acknowledged, so a crash re-delivers inputs rather than losing them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -40,6 +41,9 @@ class OffsetCommitter:
         self.last_commit = 0.0  # monotonic time of the last commit
         self.commits = 0  # transactions committed (tests, benchmarks)
         self.fence_check: list[TopicPartition] | None = None  # an assignment whose producer epoch is unchecked
+        # transactional: the metadata committed with every offset (the paper executor's event clock,
+        # `execution.event_clock`: restored with the cut it belongs to)
+        self.metadata: Callable[[], str | None] | None = None
 
     def start(self) -> None:
         """Transactional: fence an older executor and abort its open transaction (before any state is
@@ -103,7 +107,8 @@ class OffsetCommitter:
         if self.consumer is None or not self.publisher.in_transaction:
             return
         if self.handled_moved or self.publisher.transaction_records:
-            offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.handled.items()]
+            meta = self.metadata() if self.metadata is not None else None  # the state this cut belongs with
+            offsets = [TopicPartition(t, p, offset, metadata=meta) for (t, p), offset in self.handled.items()]
             try:
                 self.publisher.commit_transaction(offsets, self.consumer.consumer_group_metadata())
             except TransactionAborted as exc:

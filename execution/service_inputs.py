@@ -8,9 +8,10 @@ behind all of them. On a replay the EOFs of a partition read to its end therefor
 other partition's records, seconds later on a loaded machine, and its inputs newer than its last signal
 waited for them.
 
-A partition's held inputs are released as they are when it got no new record for `max_hold_s` and the
-topics holding it back have nothing left to read as the broker says (`catching_up`): then the news it
-waits for is not coming. A topic that still has records to read only has its news queued behind other
+Inputs are released in event-time order across every assigned partition (`InputAligner.release_all`:
+one executor, one event clock). A partition whose topics hold the inputs back is taken as at its end
+when it got no new record for `max_hold_s` and those topics have nothing left to read as the broker
+says (`catching_up`): then the news it waits for is not coming. A topic that still has records to read only has its news queued behind other
 partitions', and a release then would trade signals before the trades they belong after.
 """
 
@@ -53,6 +54,7 @@ class InputGate:
         self.reported: dict[int, float] = {}  # partition -> when its holding was last logged
         self.checked: dict[int, tuple[float, bool]] = {}  # partition -> (when, whether it was catching up)
         self.start: dict[tuple[str, int], int] = {}  # topic-partition not read yet -> the offset it starts at
+        self.assigned: set[int] = set()  # the partitions the executor trades (`assign`)
 
     def hold(self, msg: Any) -> None:
         """Decode an input and hand it to the aligner; an undecodable one keeps its bytes and the error
@@ -72,30 +74,54 @@ class InputGate:
         """The consumer reached the end of a topic-partition (a partition EOF event)."""
         self.aligner.at_end(self.names[msg.topic()], msg.partition())
 
+    def assign(self, partitions: Iterable[int]) -> None:
+        """The partitions the service's executor trades (every input topic of each): released together."""
+        self.assigned = set(partitions)
+
     def release(self, handle: Callable[[Held], None]) -> None:
-        """`handle` every input the aligner releases, partition by partition, in event-time order (the
-        topics holding a partition back that are read to their end count as at their end); a partition
-        held for `max_hold_s` without news and not catching up is released as it is. Then pause or resume
-        topic-partitions by how much they hold."""
-        now = time.monotonic()
-        for partition in sorted(self.aligner.partitions()):
+        """`handle` every input the aligner releases, in event-time order across every assigned partition
+        (`InputAligner.release_all`: one executor, one event clock); the topics holding it back that are
+        read to their end count as at their end. A partition that holds the others back for `max_hold_s`
+        without news and is not catching up has its silent topics taken as at their end (released
+        without waiting for them). Then pause or resume topic-partitions by how much they hold."""
+        partitions = sorted(self.assigned | self.aligner.known())
+        for partition in partitions:
             self.read_to_end(partition)
-            released = self.aligner.release(partition)
-            if released:
-                self.holding.pop(partition, None)
-                self.reported.pop(partition, None)
-            elif now - self.holding.setdefault(partition, now) >= self.max_hold_s and not self.catching_up(partition):
-                log.warning(
-                    "inputs released without event-time order",
-                    partition=partition,
-                    held=self.aligner.held(partition),
-                    topics=self.aligner.describe(partition),
-                )
-                released = self.aligner.release(partition, force=True)
-                self.holding.pop(partition, None)
-            for held in released:
-                handle(held)
+        released = self.aligner.release_all(partitions)
+        if released:
+            self.holding.clear()
+            self.reported.clear()
+        elif self.aligner.held() and self._force_silent(partitions):
+            released = self.aligner.release_all(partitions)
+        for held in released:
+            handle(held)
         self.flow_control()
+
+    def _force_silent(self, partitions: list[int]) -> bool:
+        """Take the topics of a partition that holds the held inputs back as at their end once it had no
+        news for `max_hold_s` and has nothing left to read (`catching_up`): its news is not coming.
+        True when one was."""
+        now = time.monotonic()
+        oldest = self.aligner.oldest()
+        forced = False
+        for partition in partitions:
+            bound = self.aligner.bound(partition)
+            if oldest is None or (bound is not None and bound >= oldest):
+                self.holding.pop(partition, None)
+                continue
+            if now - self.holding.setdefault(partition, now) < self.max_hold_s or self.catching_up(partition):
+                continue
+            log.warning(
+                "inputs released without event-time order",
+                partition=partition,
+                held=self.aligner.held(),
+                topics=self.aligner.describe(partition),
+            )
+            for topic in self.aligner.blocking(partition):
+                self.aligner.at_end(topic, partition)
+            self.holding.pop(partition, None)
+            forced = True
+        return forced
 
     def read_to_end(self, partition: int) -> None:
         """Mark the topics holding `partition` back that the consumer has read to their end at their end,
@@ -204,3 +230,4 @@ class InputGate:
             self.checked.pop(tp.partition, None)
             self.start.pop((tp.topic, tp.partition), None)
             self.paused.discard((self.names.get(tp.topic, tp.topic), tp.partition))
+            self.assigned.discard(tp.partition)
