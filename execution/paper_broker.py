@@ -132,7 +132,10 @@ class PaperBroker:
         matcher = self._matchers.get(key)
         if matcher is not None:
             matcher.cancel(client_order_id)
-        return [OrderUpdate(client_order_id, "CANCELED", 0.0, None, resting.exchange_order_id, now_ms, reason)]
+        # what filled before the cancel stays reported (the order's record is what a restore reads back)
+        filled = resting.filled
+        avg = resting.notional / filled if filled > 0 else None
+        return [OrderUpdate(client_order_id, "CANCELED", filled, avg, resting.exchange_order_id, now_ms, reason)]
 
     def poll(self, now_ms: int) -> list[BrokerEvent]:
         return []

@@ -465,6 +465,8 @@ class ExecutorService:
         broker = self.broker if self.broker is not None else build_broker(self.mode, self.config)
         executor = Executor(self.config, self.mode, broker, self.sink, now)
         executor.entry_flow.router.resolver = RevisionTables(self.settings)  # routing tables by revision
+        # the market first: a paper order the cut left open is re-entered behind the book it rested in
+        executor.warm_market(*warm)
         summary = executor.restore(
             positions.records,
             orders.records,
@@ -475,8 +477,6 @@ class ExecutorService:
             ),
             committed_cut=self.transactional,
         )
-        if self.transactional:
-            executor.warm_market(*warm)
         clock.restored(executor)
         self.inputs.assign(signals)
         total = len(topic_metadata(consumer, self.prefix + "signals").partitions)

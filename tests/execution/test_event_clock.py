@@ -1,0 +1,183 @@
+"""The paper executor's event clock (``execution.event_clock``, ``execution.service_clock``), pure: the
+rule on hand-made inputs, its state through offset metadata, and the service's way of handing inputs
+(the aligner's order across partitions, ``ExecutorClock.before/after``) against the backtest's
+executor over the same session, uninterrupted and restarted from committed cuts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from execution.event_clock import EventClock
+from execution.executor import Executor, ListSink
+from execution.input_order import TIME_FIELD, InputAligner
+from execution.paper_broker import PaperBroker
+from execution.service_clock import ExecutorClock
+from tests.execution.event_clock_session import ROUTED, backtest, comparable, session
+
+BTC, ETH = "binance:BTCUSDT", "binance:ETHUSDT"
+
+
+def test_now_only_moves_forward_and_the_clock_ticks_once_a_second_where_the_backtest_ticks():
+    clock = EventClock()
+    # before any signal, mark or book nothing is busy: trades do not tick (the backtest feeds them untimed)
+    assert clock.advance("md.trades", 1_000, BTC) == (1_000, False)
+    assert clock.advance("md.book", 1_500, BTC) == (1_500, True)  # the first tick: at the record's time
+    clock.handed("md.book", lambda: {BTC})  # BTC busy after the book: its trades tick from now on
+    assert clock.advance("md.trades", 2_400, BTC) == (2_400, False)  # less than a second since 1,500
+    assert clock.advance("md.trades", 2_400, ETH) == (2_400, False)  # idle market: never ticks
+    assert clock.advance("md.trades", 2_600, ETH) == (2_600, False)
+    assert clock.advance("md.trades", 2_700, BTC) == (2_700, True)  # busy: ticks at its own time
+    clock.handed("md.trades", lambda: set())  # a trade does not renew the busy markets ...
+    assert clock.ticking == {BTC}
+    # a late signal is handed at the time reached (as the backtest hands a late one), and a tick is not
+    # due before 3,700
+    assert clock.advance("signals", 2_000, BTC) == (2_700, False)
+    clock.handed("signals", lambda: set())  # ... a signal, mark or book does
+    assert clock.advance("md.trades", 4_000, BTC) == (4_000, False)
+    assert clock.advance("md.mark", 3_999, ETH) == (4_000, True)
+    assert (clock.now, clock.last_tick, clock.inputs) == (4_000, 4_000, 9)
+
+
+def test_the_clock_goes_with_the_offsets_and_the_newest_cut_is_taken():
+    clock = EventClock(now=5_000, last_tick=4_200, ticking=frozenset({BTC, ETH}), inputs=70)
+    meta = clock.encode()
+    assert len(meta) < 4096 and EventClock.decode(meta) == clock
+    older = EventClock(now=5_000, last_tick=4_200, ticking=frozenset({BTC}), inputs=69).encode()
+    assert EventClock.latest([older, None, "", "not json", '{"v": 2}', meta]) == clock
+    assert EventClock.latest([None, "other"]) is None
+    restored = EventClock.from_restore([1_000, 7_000, 3_000], [ETH])
+    assert (restored.now, restored.last_tick, restored.ticking) == (7_000, 7_000, {ETH})
+    assert EventClock.from_restore([], []).now == -1
+
+
+# --- the service's way of handing inputs, against the backtest -----------------------------------------
+
+
+def aligned(records: list[tuple[str, dict[str, Any]]], partition_of: dict[str, int]) -> list[tuple[str, Any]]:
+    """The records in the order the service's aligner releases them: every topic-partition read to its
+    end (a replay already in the broker), released together across partitions."""
+    aligner = InputAligner()
+    offsets: dict[tuple[str, int], int] = {}
+    for topic, record in records:
+        p = partition_of[record["symbol"]]
+        offset = offsets[(topic, p)] = offsets.get((topic, p), -1) + 1
+        aligner.add(topic, p, int(record[TIME_FIELD[topic]]), offset, record)
+    for topic in TIME_FIELD:
+        for p in set(partition_of.values()):
+            aligner.at_end(topic, p)
+    return [(held.topic, held) for held in aligner.release_all(set(partition_of.values()))]
+
+
+def new_executor(clock: ExecutorClock, sink: ListSink) -> Executor:
+    return Executor(ROUTED, "paper", PaperBroker(ROUTED.fees, ROUTED.paper), sink, clock.now())
+
+
+def hand(ex: Executor, clock: ExecutorClock, inputs: list[tuple[str, Any]]) -> None:
+    """What ``ExecutorService._handle_held`` does with each released input."""
+    for topic, held in inputs:
+        record = held.item
+        now = clock.before(ex, topic, held.time, record)
+        {"md.trades": ex.on_trade, "md.book": ex.on_book, "md.mark": ex.on_mark, "signals": ex.on_signal}[topic](
+            record, now
+        )
+        clock.after(ex, topic)
+
+
+def pairs(sink: ListSink) -> list[tuple[str, dict[str, Any]]]:
+    return [(topic, record) for topic, _, record in sink.records]
+
+
+def wall() -> int:
+    raise AssertionError("the paper executor read the wall clock")
+
+
+@pytest.mark.parametrize("partition_of", [{"BTCUSDT": 0, "ETHUSDT": 0}, {"BTCUSDT": 3, "ETHUSDT": 1}])
+def test_the_service_hands_the_executor_what_the_backtest_does(partition_of):
+    records = session()
+    reference = comparable(backtest(records))
+    assert reference["orders"] and {r["type"] for r in reference["orders"]} == {"LIMIT", "MARKET"}
+    sink = ListSink()
+    clock = ExecutorClock("paper", wall)
+    ex = new_executor(clock, sink)
+    ex.stamp_mid = False
+    hand(ex, clock, aligned(records, partition_of))
+    assert comparable(pairs(sink)) == reference
+
+
+def run_cut(inputs: list[tuple[str, Any]], cut: int) -> tuple[list[tuple[str, dict[str, Any]]], Executor]:
+    """Inputs up to ``cut`` through one executor, the rest through a new one restored as the service
+    restores on an assignment (``ExecutorService._on_assign``): warmed with the newest inputs before the
+    cut, its state from what the first published, its clock the one committed with the cut's offsets.
+    Returns what both published and the first executor (its state at the cut)."""
+    first = ListSink()
+    clock = ExecutorClock("paper", wall)
+    cut_short = new_executor(clock, first)
+    hand(cut_short, clock, inputs[:cut])
+    restarted = ExecutorClock("paper", wall)
+    restarted.events = EventClock.decode(clock.metadata())
+    second = ListSink()
+    ex = new_executor(restarted, second)
+    before = [h.item for t, h in inputs[:cut]]
+    ex.warm_market([r for r in before if "trade_time" in r], [r for r in before if "bids" in r])
+    signals = {h.item["signal_id"]: h.item for t, h in inputs[:cut] if t == "signals"}
+    ex.restore(
+        first.of("positions"),
+        first.of("orders"),
+        first.of("risk.events"),
+        restarted.now(),
+        signals=lambda ids: {i: signals[i] for i in ids if i in signals},
+        committed_cut=True,
+    )
+    hand(ex, restarted, inputs[cut:])
+    return pairs(first) + pairs(second), cut_short
+
+
+def part_filled(ex: Executor) -> bool:
+    """A routed entry in flight that has filled in part (the known gap below)."""
+    return any(e.fills for e in ex.entries.values())
+
+
+def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run():
+    """Cuts (the committed offsets and, with them, the clock's metadata) every 29th input and right after
+    each entry's first taker slice was sent: inside maker waits, with a slice in flight, inside guard
+    pauses, with positions open and with nothing going on."""
+    inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
+    whole = ListSink()
+    clock = ExecutorClock("paper", wall)
+    hand(new_executor(clock, whole), clock, inputs)
+    want = comparable(pairs(whole))
+    first_slices = [
+        r["event_time"]
+        for topic, _, r in whole.records
+        if topic == "orders" and r["state"] == "NEW" and r["client_order_id"].endswith("-ef")
+    ]
+    cuts = list(range(1, len(inputs), 29))  # and right after each first taker slice was sent
+    cuts += [next(i for i, (_, h) in enumerate(inputs) if h.time > t) for t in first_slices]
+    kinds: set[str] = set()
+    for cut in cuts:
+        published, ex = run_cut(inputs, cut)
+        if part_filled(ex):
+            continue
+        kinds |= {"maker wait" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "LIMIT"}
+        kinds |= {"slice sent" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "MARKET"}
+        kinds |= {"paused" for _ in [0] if ex.guard.state_name(clock.now()) != "active"}
+        kinds |= {"position open" for _ in ex.positions}
+        assert comparable(published) == want, cut
+    assert kinds == {"maker wait", "slice sent", "paused", "position open"}
+
+
+@pytest.mark.xfail(strict=True, reason="routed restore: the fills before the cut give another entry price")
+def test_a_restart_inside_a_routed_entry_that_filled_in_part():
+    """Known gap (``execution.routed_restore``, not the clock): cut inside a routed entry that has filled
+    in part (a maker's part fill, or slices), the restored entry opens its position at another average
+    entry price (the remaining slices' quantities are right, since a cancelled maker's record reports
+    what it filled)."""
+    inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
+    whole = ListSink()
+    clock = ExecutorClock("paper", wall)
+    hand(new_executor(clock, whole), clock, inputs)
+    cut = next(c for c in range(1, len(inputs), 7) if part_filled(run_cut(inputs, c)[1]))
+    assert comparable(run_cut(inputs, cut)[0]) == comparable(pairs(whole))
