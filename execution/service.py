@@ -418,9 +418,12 @@ class ExecutorService:
 
     def _publish_flags(self, ex: Executor) -> None:
         """Hand the order router the degradation flags in force (`execution.routing.Router.flags`, the
-        router of the executor's routed entries; an executor without one has nothing to degrade)."""
+        router of the executor's routed entries; an executor without one has nothing to degrade). Not
+        on event time (paper): the SLO windows are wall-clock windows (what they measure is the
+        process), so flags from them would make a replay's orders depend on its speed; paper reports and
+        audits its degradation changes and trades as the backtest does, without them."""
         routed = getattr(ex.entry_flow, "routed", None)
-        if routed is not None:
+        if routed is not None and not self.executor_clock.on_events:
             routed.router.flags = self.slo.flags()
 
     def _close(self, failed: bool) -> None:
