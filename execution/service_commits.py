@@ -108,8 +108,10 @@ class OffsetCommitter:
             return
         if self.handled_moved or self.publisher.transaction_records:
             meta = self.metadata() if self.metadata is not None else None  # the state this cut belongs with
-            extra = {} if meta is None else {"metadata": meta}  # (confluent-kafka refuses metadata=None)
-            offsets = [TopicPartition(t, p, offset, **extra) for (t, p), offset in self.handled.items()]
+            offsets = [  # (confluent-kafka refuses metadata=None)
+                TopicPartition(t, p, offset) if meta is None else TopicPartition(t, p, offset, metadata=meta)
+                for (t, p), offset in self.handled.items()
+            ]
             try:
                 self.publisher.commit_transaction(offsets, self.consumer.consumer_group_metadata())
             except TransactionAborted as exc:
