@@ -18,7 +18,7 @@ import subprocess  # nosec B404 # the supervisor starts the stack's services wit
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
@@ -712,26 +712,34 @@ def stop_stack(settings: Settings, paths: StackPaths, say: Say = print) -> int:
     return 0
 
 
-def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]:
-    """Health of every component; probes run against what the state files say is running."""
+def stack_status(settings: Settings, paths: StackPaths, names: Collection[str] | None = None) -> list[ComponentStatus]:
+    """Health of every component (``names``: of those only, each exactly as among all of them); probes
+    run against what the state files say is running. Probing costs: a whole status took ~120 ms of CPU
+    (database connections, Kafka admin clients, every service's /health), which a caller that polls one
+    component several times a second need not pay."""
+    wanted: Callable[[str], bool] = (lambda _: True) if names is None else set(names).__contains__
     now = time.time()
     sup = ProcessRecord.load(paths.state_file("supervisor"))
     sup_alive = sup is not None and sup.is_alive()
-    out = [_supervisor_status(sup, sup_alive, now)]
+    out = [_supervisor_status(sup, sup_alive, now)] if wanted("supervisor") else []
+    steps = [step for step in default_steps(settings, paths) if wanted(step.name)]
     addresses: dict[str, str] = {}  # infrastructure that answers, for the setup steps' probes
     services = infra_services(settings, paths)
     for service in services:
+        if not wanted(service.name) and not any(service.name in step.depends_on for step in steps):
+            continue
         status = _infra_status(settings, paths, service, sup_alive, now)
         if status.state in ("external", "running") and status.address is not None:  # probed, healthy or not
             addresses[service.name] = status.address
-        out.append(status)
+        if wanted(service.name):
+            out.append(status)
     infra = {s.name for s in services}
     for path in sorted(paths.run_dir.glob("*.json")) if paths.run_dir.exists() else []:
         rec = ProcessRecord.load(path)
-        if rec is None or rec.name in infra or rec.name == "supervisor":
+        if rec is None or rec.name in infra or rec.name == "supervisor" or not wanted(rec.name):
             continue
         out.append(_app_status(rec, now, path))
-    out.extend(_step_status(step, addresses) for step in default_steps(settings, paths))
+    out.extend(_step_status(step, addresses) for step in steps)
     return out
 
 

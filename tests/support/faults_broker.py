@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.faults_process import _statuses, row, session_played
+from tests.support.faults_process import UNTOUCHED, _statuses, row, session_played
 from tests.support.waiting import poll
 
 TOPIC = "md.trades"
@@ -40,7 +40,7 @@ TOPIC = "md.trades"
 def status_of(sup, name: str):
     from tapeflow.stack.supervisor import stack_status
 
-    for c in stack_status(sup.settings, sup.paths):
+    for c in stack_status(sup.settings, sup.paths, names=(name,)):
         if c.name == name:
             return c
     return None
@@ -71,7 +71,7 @@ class StateLog:
         last: dict[str, str] = {}
         while not self._stop.wait(self.every_s):
             try:
-                comps = stack_status(self.sup.settings, self.sup.paths)
+                comps = stack_status(self.sup.settings, self.sup.paths, names=self.names)
             except Exception as exc:  # noqa: BLE001 - a state file rewritten mid-read: ask again
                 self.seen.append((round(time.monotonic() - self.t0, 2), "?", "error", False, str(exc)[:200]))
                 continue
@@ -321,12 +321,12 @@ def broker_killed_mid_replay(
     The detail: the broker's states in `tapeflow status` meanwhile (`StateLog`), the supervisor's lines,
     the accounting of md.trades and of the table."""
     from tests.support.endurance import live_stack
-    from tests.support.faults_links import _session
+    from tests.support.faults_links import NOT_IN_THE_TRADES_PATH, _session
 
     spec, expected = _session(duration_s, trades_per_s, symbol)
     count, first, last = expected
     detail: dict[str, Any] = {"expected": expected}
-    with live_stack(home, spec, replay_speed="max", startup_timeout_s=120.0) as stack:
+    with live_stack(home, spec, replay_speed="max", startup_timeout_s=120.0, without=NOT_IN_THE_TRADES_PATH) as stack:
         started = poll(lambda: stack.trades_stored(symbol)[0] >= count * kill_at, 300, 0.05)
         assert started, "the replay stored nothing\n" + "\n".join(stack.log)
         detail["stored_at_kill"] = stack.trades_stored(symbol)[0]
@@ -392,7 +392,8 @@ def broker_disk_full(
     detail: dict[str, Any] = {"expected": expected}
     with (
         small_tmpfs(home / "kafka" / "data", size=size, mode="0755") as data,
-        live_stack(home, spec, dated_at_launch=True) as stack,  # trades flow from the stack's start, not before
+        # trades flow from the stack's start, not before; labels, guardrail and ui are not in their path
+        live_stack(home, spec, dated_at_launch=True, without=UNTOUCHED) as stack,
     ):
         _flowing(stack, symbol)
         detail["session_at_fill"] = session_played(stack)

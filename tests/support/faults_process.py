@@ -325,7 +325,7 @@ def executor_clock_skew(
 def _statuses(stack, names: tuple[str, ...]) -> dict[str, tuple[bool, str]]:
     from tapeflow.stack.supervisor import stack_status
 
-    return {c.name: (c.healthy, c.detail) for c in stack_status(stack.sup.settings, stack.sup.paths) if c.name in names}
+    return {c.name: (c.healthy, c.detail) for c in stack_status(stack.sup.settings, stack.sup.paths, names=names)}
 
 
 def session_played(stack) -> str:

@@ -91,7 +91,7 @@ class Dying(Service):
 
 
 def _component(sup, name):
-    return next((c for c in stack_status(sup.settings, sup.paths) if c.name == name), None)
+    return next(iter(stack_status(sup.settings, sup.paths, names=(name,))), None)
 
 
 def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
