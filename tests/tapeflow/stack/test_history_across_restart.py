@@ -101,7 +101,9 @@ def test_topics_survive_down_up_and_backtests_agree(home):
     res = cli(home, "up", "--detach", *HISTORY_PATH)
     assert res.returncode == 0, res.stdout + res.stderr
     stack_cli.wait_for(
-        lambda: stack_cli.components(home, NO_UI)["producer"]["state"] == "finished", 120, "the replay had not finished"
+        lambda: stack_cli.components(home, NO_UI, ("producer",))["producer"]["state"] == "finished",
+        120,
+        "the replay had not finished",
     )
     wait_stored(home, want)
     assert cli(home, "down").returncode == 0

@@ -357,7 +357,11 @@ def test_foreground_up_stops_everything_on_ctrl_c(home):
 def assert_the_replay_ran_the_pipeline(home: Path) -> None:
     """The offline replay ends cleanly: the producer finished with nothing undelivered (a healthy stack),
     every recorded trade is on md.trades once, and the sink stored them, complete by `db audit`."""
-    wait_for(lambda: components(home)["producer"]["state"] == "finished", 60, "the replay had not finished")
+    wait_for(
+        lambda: components(home, MARKERS, ("producer",))["producer"]["state"] == "finished",
+        60,
+        "the replay had not finished",
+    )
     st = cli(home, "status", "--json")
     producer = {c["name"]: c for c in json.loads(st.stdout)["components"]}["producer"]
     assert producer["state"] == "finished" and producer["healthy"], producer
