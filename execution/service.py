@@ -352,7 +352,8 @@ class ExecutorService:
         switch of the same pass traded the signal)."""
         self._consume_inputs()
         ex = self.executor
-        if ex is None:
+        if ex is None:  # no partitions (a join, a broker outage): the next pass waits a clock interval
+            self._next_clock = self.clock() + self.options.clock_interval_ms  # instead of consume(timeout=0)
             return
         self._follow_risk_events(ex)
         self.inputs.release(lambda held: self._handle_held(ex, held))

@@ -9,6 +9,7 @@ starts at the group's committed offset, else where `start_from` puts it; it is b
 below the high watermark. A figure the broker does not give (yet: a new group's coordinator, a
 loaded broker) counts as behind and is asked again; the tests wait until the service knows both
 figures, so the answer is the decision itself, never a timeout's.
+Also: without partitions the loop waits instead of spinning on consume(timeout=0).
 """
 
 from __future__ import annotations
@@ -105,3 +106,38 @@ def test_a_group_starting_at_the_end_does_not_wait_for_old_trades(
         assert service.inputs.start[(topic_prefix + "md.trades", TRADES_P)] == 3
     finally:
         service.inputs.consumer.close()
+
+
+class _Recorded:
+    """The service's real consumer, recording the timeout of every ``consume``."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.timeouts: list[float] = []
+
+    def consume(self, num_messages: int, timeout: float):
+        self.timeouts.append(timeout)
+        return self.consumer.consume(num_messages=num_messages, timeout=timeout)
+
+
+def test_without_partitions_the_loop_waits_instead_of_spinning(kafka_bootstrap, topic_prefix, tmp_path):
+    """No executor (a group join, a broker outage): the loop used to ask consume() with timeout 0 and
+    burn a third of a core until partitions came; every pass after the first waits a clock interval."""
+    options = ExecuteOptions(clock_interval_ms=50)
+    service = ExecutorService(
+        Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix),
+        "paper",
+        ExecutorConfig(),
+        kafka_bootstrap,
+        AvroSerde(FileSchemaRegistry()),
+        options,
+    )
+    consumer = Consumer(consumer_config(kafka_bootstrap, f"{topic_prefix}no-partitions"))
+    try:
+        service._consumer = _Recorded(consumer)
+        assert service.executor is None
+        for _ in range(4):
+            service._loop_once()
+        assert [t > 0 for t in service._consumer.timeouts[1:]] == [True, True, True], service._consumer.timeouts
+    finally:
+        consumer.close()
