@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.backtest.test_backtest_stored_sources import END, START, STRATEGY, SYMBOLS, all_records
+from tests.support.cli_fork import tapeflow_forked
 from tests.support.services import database_url
 from tests.support.stored_sources import store_rows, store_session
 
@@ -25,9 +26,15 @@ DAYS = "0.125"  # 3 h: the stored session
 DAY_MS = 86_400_000
 
 
-def tapeflow(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+def tapeflow(
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = 300, forked: bool = False
+) -> subprocess.CompletedProcess:
+    """`tapeflow ARGS`; `forked`: the same entry point in a process forked from one that imported it
+    (tests/support/cli_fork.py: a refused input costs ~0.05 CPU-s instead of ~1)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     base.update(TAPEFLOW_HOME=str(cwd / "home"), TAPEFLOW_SYMBOLS=",".join(SYMBOLS), PYTHONUNBUFFERED="1", **env)
+    if forked:
+        return tapeflow_forked(*args, env=base, cwd=cwd, timeout=timeout, preload=("backtest.runner",))
     return subprocess.run(
         [sys.executable, "-m", "tapeflow", *args],
         capture_output=True,
@@ -144,7 +151,7 @@ def test_text_report_and_one_line_errors(tmp_path, database):
     for words in ("signals", "skip rate", "size multiplier > 1", "net R", "sensitivity of the candidate", "oi_change"):
         assert words in text, words
     # the candidate names no active strategy and the shipped ones are several
-    line = one_error(tapeflow("strategy", "simulate", str(strict), "--days", "1", cwd=tmp_path, env=env))
+    line = one_error(tapeflow("strategy", "simulate", str(strict), "--days", "1", cwd=tmp_path, env=env, forked=True))
     assert "name the one it replaces with --active" in line
     line = one_error(
         tapeflow(
@@ -159,6 +166,7 @@ def test_text_report_and_one_line_errors(tmp_path, database):
             "vision",
             cwd=tmp_path,
             env=env,
+            forked=True,
         )
     )
     assert line == "error: --source 'vision': use db or topics (the inputs a stack stores)"
@@ -175,12 +183,15 @@ def test_text_report_and_one_line_errors(tmp_path, database):
             "BTC",
             cwd=tmp_path,
             env=env,
+            forked=True,
         )
     )
     assert "unknown symbol 'BTC'" in line
     # a database that does not answer: nothing to simulate, exit 1
     down = {"TAPEFLOW_DATABASE_URL": "postgresql://tapeflow:x@127.0.0.1:1/tapeflow"}
-    proc = tapeflow("strategy", "simulate", str(strict), "--active", str(active), "--days", "1", cwd=tmp_path, env=down)
+    proc = tapeflow(
+        "strategy", "simulate", str(strict), "--active", str(active), "--days", "1", cwd=tmp_path, env=down, forked=True
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     [line] = [line for line in proc.stderr.splitlines() if line.strip()]
     assert line.startswith("error: db: ")
