@@ -8,10 +8,16 @@ import subprocess
 import sys
 
 from stream_apps.core.strategy import load_strategy
+from tests.support.cli_fork import tapeflow_forked
 
 
-def tapeflow(*args: str, cwd) -> subprocess.CompletedProcess:
+def tapeflow(*args: str, cwd, forked: bool = False) -> subprocess.CompletedProcess:
+    """`tapeflow ARGS`; `forked`: the same entry point in a process forked from one that imported it
+    (tests/support/cli_fork.py: a refused input costs ~0.05 CPU-s instead of ~1)."""
     env = {**os.environ, "COLUMNS": "200"}
+    if forked:
+        preload = ("backtest.research.search",)
+        return tapeflow_forked(*args, env=env, cwd=cwd, timeout=600, preload=preload)
     return subprocess.run(
         [sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd
     )
@@ -88,13 +94,17 @@ def test_backtest_walk_forward_runs_the_research_walk_forward(tmp_path):
 
 
 def test_bad_arguments_are_one_error_line(tmp_path):
-    for args, message in (
-        (("walk-forward", "--windows", "train=30d", "--from", "2024-01-01", "--to", "2024-01-05"), "test=DURATION"),
-        (("search", "--from", "2024-13-01", "--to", "2024-01-05"), "--from '2024-13-01'"),
-        (("search", "--from", "2024-01-01", "--to", "2024-01-02"), "at least two days"),  # one day: --to is excluded
-        (("search", "--from", "2024-01-01", "--to", "2024-01-05", "--source", "db"), "synthetic[:SEED]"),
+    for n, (args, message) in enumerate(
+        (
+            (("walk-forward", "--windows", "train=30d", "--from", "2024-01-01", "--to", "2024-01-05"), "test=DURATION"),
+            (("search", "--from", "2024-13-01", "--to", "2024-01-05"), "--from '2024-13-01'"),
+            # one day: --to is excluded
+            (("search", "--from", "2024-01-01", "--to", "2024-01-02"), "at least two days"),
+            (("search", "--from", "2024-01-01", "--to", "2024-01-05", "--source", "db"), "synthetic[:SEED]"),
+        )
     ):
-        res = tapeflow("research", *args, "--no-progress", "--out", str(tmp_path / "o"), cwd=tmp_path)
+        # the first through `python -m tapeflow` itself, the others forked from a process that imported it
+        res = tapeflow("research", *args, "--no-progress", "--out", str(tmp_path / "o"), cwd=tmp_path, forked=n > 0)
         assert res.returncode != 0
         assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: "), res.stderr
         assert message in res.stderr
