@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from decimal import Decimal
 
 import pytest
+from confluent_kafka import Consumer
 
 from fake_exchange.okx import OkxSyntheticSpec, generate_okx_session, serve_okx
 from producers.metrics import ProducerMetrics
 from producers.okx.producer import OkxProducer, OkxProducerConfig
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.kafka_client import consumer_config, ensure_topics, start_offsets, topic_metadata
 from tapeflow_runtime.publisher import Publisher
-from tests.producers.bybit.test_bybit_producer import read_topics, sample
+from tests.producers.bybit.test_bybit_producer import TOPICS, read_topics, sample
 from tests.support.staging import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -42,6 +44,7 @@ async def run_producer(
     spot_interval_ms=60_000,
 ):
     ensure_topics(bootstrap, prefix=prefix)
+    await asyncio.to_thread(wait_hosted, bootstrap, prefix)
     fake = await serve_okx(session, speed=speed, faults=faults or {})
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
@@ -66,6 +69,48 @@ async def run_producer(
         stop.set()
         await fake.stop()
     return producer, metrics, ended, publisher, fake
+
+
+def wait_hosted(bootstrap, prefix, timeout_s=60.0):
+    """Until the broker hosts every partition of the topics the producer writes (ListOffsets answered by
+    its leader), so that it never produces into a partition still being created.
+
+    Why: ``ensure_topics`` returns once the controller has the topics; the broker creates their ~100
+    partition logs afterwards, one by one (over 3 s on a loaded machine, its log shows), and answers
+    a produce to a partition not yet created "not leader". The idempotent producer then has two
+    batches of that partition in flight: the first (sequence 0) refused, the second accepted once
+    the partition exists (Kafka takes a producer's first batch in a partition at any sequence), and
+    librdkafka reports the refused one delivered as well ("implicitly acked by subsequent batch
+    success"). Those records were lost while acknowledged (librdkafka's debug log and the broker's
+    offsets show it): under load two md.book records, a dead letter or two md.indicators records
+    went so (``read_all_delivered`` counts them), and so, very likely, did the first ETH md.depth
+    record (its snapshot) that the drop test once missed in CI."""
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        wanted = []
+        for topic in TOPICS:
+            md = topic_metadata(consumer, prefix + topic, timeout_s)
+            wanted += [(prefix + topic, p) for p in md.partitions]
+        deadline = time.monotonic() + timeout_s
+        while len(start_offsets(consumer, wanted, max(1.0, deadline - time.monotonic()))) < len(wanted):
+            assert time.monotonic() < deadline, "partitions not hosted by the broker"
+    finally:
+        consumer.close()
+
+
+def read_all_delivered(bootstrap, prefix, producer, publisher):
+    """The md topics read back, after checking the transport: nothing left undelivered when the run
+    ended, and per topic exactly as many records as the broker acknowledged to the publisher. A
+    record missing below is then told apart from one never acknowledged (``undelivered``) and from
+    one acknowledged but not read back (the topic's count); the drop test once missed the first
+    md.depth record of a symbol, and under load two md.book records and a dead letter went so."""
+    assert producer.undelivered == 0, f"{producer.undelivered} records not acknowledged when the run ended"
+    records = read_topics(bootstrap, prefix)
+    acked = {t[len(prefix) :]: n for t, n in publisher.delivered_by_topic.items()}
+    assert {t: len(records[t]) for t in acked if t in records} == {t: n for t, n in acked.items() if t in records}, (
+        "acknowledged by the broker, not read back"
+    )
+    return records
 
 
 def reached(fake, fraction):
@@ -227,7 +272,7 @@ async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_an
     )
     assert ended == "replay-finished" and publisher.healthy
     assert producer.stream.pongs >= 2  # the text ping was sent and answered
-    records = read_topics(kafka_bootstrap, topic_prefix)
+    records = read_all_delivered(kafka_bootstrap, topic_prefix, producer, publisher)
     assert records["dlq.md"] == [], records["dlq.md"]  # first: a refused frame explains a missing record below
     for sym in SYMBOLS:
         want = expected_trades(session, sym)
@@ -282,7 +327,7 @@ async def test_lost_pushes_are_repaired_from_rest_the_book_by_snapshot_the_trade
         kafka_bootstrap, topic_prefix, session, during=during, speed=8.0
     )
     assert ended == "replay-finished" and publisher.healthy
-    records = read_topics(kafka_bootstrap, topic_prefix)
+    records = read_all_delivered(kafka_bootstrap, topic_prefix, producer, publisher)
 
     # the book: a broken chain, one REST snapshot spliced in, and never an unverified book published
     assert sample(metrics, "tapeflow_producer_book_resyncs_total", symbol="BTCUSDT", reason="prevSeqId") == 1
@@ -366,7 +411,7 @@ async def test_with_rest_down_a_lost_push_is_reported_a_dropped_connection_resub
         kafka_bootstrap, topic_prefix, session, during=during, faults={"garbage_every": 37}, rest_give_up_after_s=1.0
     )
     assert ended == "replay-finished" and publisher.healthy
-    records = read_topics(kafka_bootstrap, topic_prefix)
+    records = read_all_delivered(kafka_bootstrap, topic_prefix, producer, publisher)
     assert sample(metrics, "tapeflow_producer_reconnects_total") >= 1
     for sym in SYMBOLS:  # the new connection's snapshot rebuilt the book: never an unverified one published
         depth = check_depth_and_books(records, books_by_seq(session, sym), sym)
@@ -392,6 +437,7 @@ async def test_cli_produce_exchange_okx_runs_against_the_fake(kafka_bootstrap, t
     import sys
 
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    wait_hosted(kafka_bootstrap, topic_prefix)
     session = generate_okx_session(OkxSyntheticSpec(seed=5, symbols=("BTCUSDT",), duration_s=4))
     fake = await serve_okx(session, speed=10.0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
