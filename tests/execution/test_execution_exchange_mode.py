@@ -96,12 +96,20 @@ def fake():
 
 
 def executor_config(
-    tmp_path: Path, fake: FakeVenue, *, orphans: str = "flatten", interval_s: float = 300, request_timeout_s: float = 5
+    tmp_path: Path,
+    fake: FakeVenue,
+    *,
+    orphans: str = "flatten",
+    interval_s: float = 300,
+    request_timeout_s: float = 5,
+    entry_kind: str | None = None,
 ) -> Path:
+    """`entry_kind`: pinned for a test that hand-computes one kind's orders (None: the default kind)."""
     path = tmp_path / f"executor-{orphans}.yaml"
     path.write_text(
         f"exchange:\n  rest_url: {fake.rest_url}\n  ws_url: {fake.ws_url}\n  request_timeout_s: {request_timeout_s}\n"
         f"  probe_interval_s: 0.5\nreconcile:\n  orphans: {orphans}\n  interval_s: {interval_s}\n  retry_s: 0.5\n"
+        + (f"entry:\n  kind: {entry_kind}\n" if entry_kind else "")
     )
     return path
 
@@ -204,7 +212,8 @@ def test_testnet_executor_trades_a_signal_on_the_fake_exchange(env, fake, tmp_pa
     monkeypatch.setattr(Publisher, "_acked_one", spy_acked)
     fake.venue.engine.place = spy_place
     with capture_logs() as logs:
-        ex = RunningExecutor(settings, executor_config(tmp_path, fake))
+        # one MARKET entry, filled whole (the hand computation below): market entries pinned
+        ex = RunningExecutor(settings, executor_config(tmp_path, fake, entry_kind="taker"))
         try:
             health = wait_running(ex.port)
             feed.trade(50000.0)  # fresh market data

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -45,15 +46,20 @@ def wait_consumed(bootstrap: str, prefix: str, topic: str, count: int) -> None:
 
 
 class RunningExecutor(ServiceThread):
+    """The paper executor with market entries (`entry.kind: taker`): the expectations here are hand
+    computations of one market entry filled whole at the next trade, whatever the default kind is."""
+
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
-        super().__init__(
-            lambda stop: run_executor(
-                settings,
-                "paper",
-                ExecuteOptions(start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=self.port),
-            )
-        )
+        config = Path(settings.home) / "executor-taker.yaml"
+        config.write_text("entry:\n  kind: taker\n")
+        options = ExecuteOptions(config_path=config, start_from="earliest", restore_idle_s=0.3, metrics_port=self.port)
+        super().__init__(lambda stop: run_executor(settings, "paper", _stopping(options, stop)))
+
+
+def _stopping(options: ExecuteOptions, stop) -> ExecuteOptions:
+    options.stop = stop
+    return options
 
 
 @pytest.fixture
