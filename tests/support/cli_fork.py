@@ -7,7 +7,8 @@ pyarrow, the backtest runner). Here one server process per pytest worker imports
 child per command; the child is a process of its own as `python -m tapeflow` is (its own stdout and stderr,
 the file descriptors 1 and 2 themselves, so what any library or C extension writes is captured; its own
 environment, working directory and exit code), and runs the console entry point `tapeflow.cli.main`
-with `sys.argv` set, as `tapeflow/__main__.py` does. The server never configures logging nor opens a
+with `sys.argv` set, as `tapeflow/__main__.py` does, and ends as the interpreter does (exit code from
+`sys.exit`, an uncaught exception's traceback, non-daemon threads joined, atexit handlers run). The server never configures logging nor opens a
 client, so nothing of one command reaches another. What it cannot prove is the import of the CLI under
 the command's own environment: each test module keeps at least one real `python -m tapeflow` run.
 
@@ -30,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,13 +40,14 @@ PRELOAD = ("tapeflow.cli", "tapeflow_runtime.settings")
 
 
 def _child(request: dict) -> None:
-    """In the forked child: become `tapeflow ARGS` and exit as it would."""
+    """In the forked child: become `tapeflow ARGS` and end as `python -m tapeflow` ends (never returns)."""
     os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
+    os.close(null)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
         out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(out, fd)
@@ -73,15 +74,25 @@ def _child(request: dict) -> None:
         else:
             print(exc.code, file=sys.stderr)
             code = 1
-    except BaseException:  # an uncaught exception: its traceback on stderr and exit code 1, as python does
-        traceback.print_exc()
+    except BaseException:  # uncaught: its traceback on stderr and exit code 1, as the interpreter does
+        sys.excepthook(*sys.exc_info())
         code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # nosec B110 # a closed stream: nothing left to write
-                pass
+    _finalize(code)
+
+
+def _finalize(code: int) -> None:
+    """The interpreter's exit, less the teardown of every module: non-daemon threads joined, atexit handlers
+    run, the streams flushed. (Tearing the modules down as well made each forked command cost ~0.25 CPU-s:
+    it touches every object the server imported, copying its pages.)"""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # the interpreter's own call at exit; private, stable since Python 3.0
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed by the command: nothing left to write
+            pass
     os._exit(code & 0xFF)
 
 
