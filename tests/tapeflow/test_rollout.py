@@ -105,8 +105,8 @@ def files(tmp_path):
 def test_canary_finish_and_rollback_publish_states_and_audit_rows(
     migrated_database, kafka_bootstrap, topic_prefix, tmp_path, files
 ):
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return _cli(tmp_path, kafka_bootstrap, topic_prefix, *args, "--database", migrated_database)
+    def cli(*args: str, forked: bool = False) -> subprocess.CompletedProcess:
+        return _cli(tmp_path, kafka_bootstrap, topic_prefix, *args, "--database", migrated_database, forked=forked)
 
     proc = cli("promote", str(files["slower"]), "--symbols", "ETHUSDT", "--reason", "try 15m", "--as", "ana")
     assert proc.returncode == 0, proc.stderr
@@ -120,14 +120,16 @@ def test_canary_finish_and_rollback_publish_states_and_audit_rows(
     assert state.active.config_hash == load_strategy("v53").config_hash
 
     # a second candidate while the canary runs is refused; so is a file that would need a restart
-    assert "a canary (rev 2) is running" in _error(cli("promote", str(files["faster"]), "--canary", "25%"), 1)
-    line = _error(cli("promote", str(files["windows"]), "--canary", "25%"), 2)
+    assert "a canary (rev 2) is running" in _error(
+        cli("promote", str(files["faster"]), "--canary", "25%", forked=True), 1
+    )
+    line = _error(cli("promote", str(files["windows"]), "--canary", "25%", forked=True), 2)
     assert "a restart is needed: windows.cvd_fast differ" in line
 
     assert cli("promote", "v53", "--finish", "--reason", "looks good", "--as", "bo").returncode == 0
     state = read_states(kafka_bootstrap, topic_prefix, serde)["v53"]
     assert (state.seq, state.action, state.active.rev, state.canary) == (2, "finish", 2, None)
-    assert "no canary to finish" in _error(cli("promote", "v53", "--finish"), 1)
+    assert "no canary to finish" in _error(cli("promote", "v53", "--finish", forked=True), 1)
 
     proc = cli("promote", str(files["faster"]), "--canary", "25%", "--reason", "5m", "--as", "cy")
     assert proc.returncode == 0, proc.stderr
