@@ -203,13 +203,11 @@ class StateRestore:
         """Re-enter an unfinished order in the new paper book; one that had filled in part only for the
         rest, what it filled given to `on_part` first (module docstring)."""
         part = restored_fill(req, rec, self.ex.config.fees)  # never published: the part's own fills were
-        if part is None:
-            self.ex.broker.submit(req, now_ms)
-            return
-        filled, price = part.qty, part.price
-        on_part(part)
+        filled, price = (0.0, 0.0) if part is None else (part.qty, part.price)
+        if part is not None:
+            on_part(part)
         resubmit = getattr(self.ex.broker, "resubmit", None)
-        if resubmit is not None:
+        if resubmit is not None:  # re-entered as accepted once (a resting post-only limit is not re-checked)
             resubmit(req, filled, price, now_ms)
         else:  # a paper broker without it: at least never more than the order
             self.ex.broker.submit(replace(req, qty=req.qty - filled), now_ms)

@@ -79,7 +79,11 @@ class PaperBroker:
         return [r.request for book in self._open.values() for r in book.values()]
 
     # --- orders ---------------------------------------------------------------------------------------
-    def submit(self, request: OrderRequest, now_ms: int) -> list[BrokerEvent]:
+    def submit(self, request: OrderRequest, now_ms: int, reentry: bool = False) -> list[BrokerEvent]:
+        """``reentry``: an order a restart cut short, accepted once already (``resubmit``): a post-only
+        limit was checked when it was sent and has rested since; a book that has moved onto its price
+        by now fills it, as it would have filled the uninterrupted run's (refusing it would leave its
+        entry waiting on an order that is nowhere)."""
         eid = "P" + request.client_order_id
 
         def reject(reason: str) -> list[BrokerEvent]:
@@ -92,7 +96,7 @@ class PaperBroker:
         if request.type == "LIMIT":
             if request.price is None or not request.price > 0:
                 return reject("limit order needs a positive price")
-            if request.post_only and self._would_take(request):
+            if request.post_only and not reentry and self._would_take(request):
                 return reject("post_only_would_take")
         elif request.type != "MARKET":
             return reject(f"order type {request.type} not supported by the paper broker")
@@ -113,7 +117,7 @@ class PaperBroker:
         (as its orders record says; `execution.executor_restore`): only the rest can fill, and its
         updates report the whole order's filled quantity and average price, as an uninterrupted run's
         would. Silent: the order's NEW was published by the run that sent it."""
-        self.submit(request, now_ms)
+        self.submit(request, now_ms, reentry=True)
         cid = request.client_order_id
         key = self._index.get(cid)
         if key is None:  # refused (cannot be: the request was accepted once)

@@ -136,8 +136,13 @@ def run_cut(inputs: list[tuple[str, Any]], cut: int) -> tuple[list[tuple[str, di
 
 
 def part_filled(ex: Executor) -> bool:
-    """A routed entry in flight that has filled in part (the known gap below)."""
+    """A routed entry in flight that has filled in part."""
     return any(e.fills for e in ex.entries.values())
+
+
+def taker_filled(ex: Executor) -> bool:
+    """A routed entry in flight with a taker slice's fills (the known gap below)."""
+    return any(f.liquidity == "taker" for e in ex.entries.values() for f in e.fills)
 
 
 def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run():
@@ -159,8 +164,8 @@ def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run():
     kinds: set[str] = set()
     for cut in cuts:
         published, ex = run_cut(inputs, cut)
-        if part_filled(ex):
-            continue
+        if taker_filled(ex):
+            continue  # the known gap below
         kinds |= {"maker wait" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "LIMIT"}
         kinds |= {"slice sent" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "MARKET"}
         kinds |= {"paused" for _ in [0] if ex.guard.state_name(clock.now()) != "active"}
@@ -169,15 +174,28 @@ def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run():
     assert kinds == {"maker wait", "slice sent", "paused", "position open"}
 
 
-@pytest.mark.xfail(strict=True, reason="routed restore: the fills before the cut give another entry price")
 def test_a_restart_inside_a_routed_entry_that_filled_in_part():
-    """Known gap (``execution.routed_restore``, not the clock): cut inside a routed entry that has filled
-    in part (a maker's part fill, or slices), the restored entry opens its position at another average
-    entry price (the remaining slices' quantities are right, since a cancelled maker's record reports
-    what it filled)."""
+    """Cut inside a routed entry whose resting maker has filled in part: the rest is re-entered in the new
+    paper book although the book has moved onto its price by now (a post-only limit is checked when it is
+    sent, not when a restart puts it back; refused, its entry waited on an order that was nowhere and the
+    position never opened), and the run equals the uninterrupted one."""
     inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
     whole = ListSink()
     clock = ExecutorClock("paper", wall)
     hand(new_executor(clock, whole), clock, inputs)
     cut = next(c for c in range(1, len(inputs), 7) if part_filled(run_cut(inputs, c)[1]))
+    assert comparable(run_cut(inputs, cut)[0]) == comparable(pairs(whole))
+
+
+@pytest.mark.xfail(strict=True, reason="routed restore: a finished slice's fills come back at their average fill price")
+def test_a_restart_inside_a_routed_entry_after_a_taker_slice_filled():
+    """Known gap (``execution.routed_restore``, not the clock): a restored entry takes a finished slice's
+    fills from its orders record, one execution at the average fill price with that price as its market
+    price (the record carries no market price), so the position opens at another entry price and the
+    next slice's quantity differs in the last bits. Closing it needs the fills topic in the restore."""
+    inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
+    whole = ListSink()
+    clock = ExecutorClock("paper", wall)
+    hand(new_executor(clock, whole), clock, inputs)
+    cut = next(c for c in range(1, len(inputs), 29) if taker_filled(run_cut(inputs, c)[1]))
     assert comparable(run_cut(inputs, cut)[0]) == comparable(pairs(whole))
