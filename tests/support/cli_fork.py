@@ -8,8 +8,8 @@ child per command; the child is a process of its own as `python -m tapeflow` is 
 the file descriptors 1 and 2 themselves, so what any library or C extension writes is captured; its own
 environment, working directory and exit code), and runs the console entry point `tapeflow.cli.main`
 with `sys.argv` set, as `tapeflow/__main__.py` does, and ends as the interpreter does (exit code from
-`sys.exit`, an uncaught exception's traceback, non-daemon threads joined, atexit handlers run). The server never configures logging nor opens a
-client, so nothing of one command reaches another. What it cannot prove is the import of the CLI under
+`sys.exit`, an uncaught exception's traceback, non-daemon threads joined, atexit handlers run). The
+server never configures logging nor opens a client, so nothing of one command reaches another. What it cannot prove is the import of the CLI under
 the command's own environment: each test module keeps at least one real `python -m tapeflow` run.
 
 A fork server because the pytest worker itself must not fork (librdkafka's and the broker clients'
