@@ -151,7 +151,18 @@ def _stamp_mid(ex: Executor, req: OrderRequest) -> None:
 
 
 class _OrderInfo:
-    __slots__ = ("config_rev", "leg", "mid_at_send", "position_id", "reason", "reference", "request", "signal_id")
+    __slots__ = (
+        "config_rev",
+        "leg",
+        "market_notional",
+        "market_qty",
+        "mid_at_send",
+        "position_id",
+        "reason",
+        "reference",
+        "request",
+        "signal_id",
+    )
 
     def __init__(
         self,
@@ -166,6 +177,13 @@ class _OrderInfo:
         self.request, self.leg, self.signal_id, self.position_id = request, leg, signal_id, position_id
         self.reference, self.reason, self.mid_at_send = reference, reason, mid_at_send
         self.config_rev: int | None = None
+        # the order's fills so far at their market prices (orders records carry the average: a restore
+        # rebuilds a part-filled entry's fills from it, ``routed_restore.restored_fill``)
+        self.market_qty = self.market_notional = 0.0
+
+    @property
+    def avg_market_price(self) -> float | None:
+        return self.market_notional / self.market_qty if self.market_qty > 0 else None
 
 
 class Executor:
@@ -426,6 +444,7 @@ class Executor:
                 reason=reason,
                 mid_at_send=info.mid_at_send if info is not None else None,
                 config_rev=info.config_rev if info is not None else self._config_rev(pid),
+                avg_market_price=info.avg_market_price if info is not None else None,
             ),
         )
 
@@ -505,6 +524,8 @@ class Executor:
                 continue
             req = info.request
             if isinstance(ev, Execution):
+                info.market_qty += ev.qty
+                info.market_notional += ev.qty * ev.market_price
                 self.sink.emit(
                     FILLS,
                     market_key(req.exchange, req.symbol),

@@ -30,10 +30,12 @@ def order_record(
     reason: str | None = None,
     mid_at_send: tuple[float, str] | None = None,
     config_rev: int | None = None,
+    avg_market_price: float | None = None,
 ) -> dict[str, Any]:
     """One OrderEvent: the request as sent plus the state it is in after `update` (if any);
     `mid_at_send` is the (price, source) the executor knew when it sent the order; `config_rev` the
-    strategy revision of the signal or position the order serves (None for orders of neither)."""
+    strategy revision of the signal or position the order serves (None for orders of neither);
+    `avg_market_price` the average market price of its fills so far (`Execution.market_price`)."""
     return {
         "client_order_id": req.client_order_id,
         "signal_id": signal_id,
@@ -50,6 +52,7 @@ def order_record(
         "qty": req.qty,
         "filled_qty": update.filled_qty if update else 0.0,
         "avg_fill_price": update.avg_fill_price if update else None,
+        "avg_market_price": avg_market_price,
         "reduce_only": req.reduce_only,
         "state": state,
         "reason": reason if reason is not None else (update.reason if update else None),

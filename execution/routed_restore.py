@@ -72,20 +72,27 @@ def request_of(cid: str, rec: Mapping[str, Any]) -> OrderRequest:
 
 
 def restore_mid(ex: Any, cid: str, rec: Mapping[str, Any]) -> None:
-    """The mid the order was sent against, as its records carry it: the order's later records (its
-    fills, its end) repeat it, so a restarted executor writes them as an uninterrupted one would."""
+    """The mid the order was sent against and the market price of what it filled, as its records carry
+    them: the order's later records (its fills, its end) repeat them, so a restarted executor writes
+    them as an uninterrupted one would."""
+    info = ex.orders[cid]
     if rec.get("mid_at_send") is not None and rec.get("mid_source"):
-        ex.orders[cid].mid_at_send = (float(rec["mid_at_send"]), str(rec["mid_source"]))
+        info.mid_at_send = (float(rec["mid_at_send"]), str(rec["mid_source"]))
+    filled, market = float(rec.get("filled_qty") or 0.0), rec.get("avg_market_price")
+    if filled > 0 and market is not None:
+        info.market_qty, info.market_notional = filled, filled * float(market)
 
 
 def restored_fill(req: OrderRequest, rec: Mapping[str, Any], fees: Fees) -> Execution | None:
     """What an order had filled by its record (filled quantity, average price) as one execution at that
     price, with the fee its liquidity pays there; None when it filled nothing. Never published (the
-    part's own fills were); its market price is not in the record, so it is taken as the fill price."""
+    part's own fills were); its market price is the record's average market price (the fill price in
+    records written before orders carried it)."""
     filled, avg = float(rec.get("filled_qty") or 0.0), rec.get("avg_fill_price")
     if not filled > 0 or avg is None:
         return None
     price = float(avg)
+    market = rec.get("avg_market_price")
     maker = req.type == "LIMIT"
     return Execution(
         req.client_order_id,
@@ -97,7 +104,7 @@ def restored_fill(req: OrderRequest, rec: Mapping[str, Any], fees: Fees) -> Exec
         (fees.maker if maker else fees.taker) * price * filled,
         quote_asset(req.symbol),
         "maker" if maker else "taker",
-        price,
+        price if market is None else float(market),
         int(rec["event_time"]),
     )
 

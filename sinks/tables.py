@@ -390,6 +390,7 @@ def order_event_row(r: Record) -> Row:
         r.get("mid_at_send"),
         r.get("mid_source"),
         r.get("config_rev"),
+        r.get("avg_market_price"),
     )
 
 
@@ -916,6 +917,7 @@ ORDERS = _spec(
         ("mid_at_send", _F8),
         ("mid_source", _T),
         ("config_rev", _I4),  # added by 0025
+        ("avg_market_price", _F8),  # added by 0030
     ],
     ("mode", "client_order_id", "state", "filled_qty"),
     "event_time",

@@ -141,7 +141,7 @@ def part_filled(ex: Executor) -> bool:
 
 
 def taker_filled(ex: Executor) -> bool:
-    """A routed entry in flight with a taker slice's fills (the known gap below)."""
+    """A routed entry in flight with a taker slice's fills (the tests below)."""
     return any(f.liquidity == "taker" for e in ex.entries.values() for f in e.fills)
 
 
@@ -165,7 +165,7 @@ def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run():
     for cut in cuts:
         published, ex = run_cut(inputs, cut)
         if taker_filled(ex):
-            continue  # the known gap below
+            continue  # equal to 12 digits only: the tests below
         kinds |= {"maker wait" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "LIMIT"}
         kinds |= {"slice sent" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "MARKET"}
         kinds |= {"paused" for _ in [0] if ex.guard.state_name(clock.now()) != "active"}
@@ -187,12 +187,36 @@ def test_a_restart_inside_a_routed_entry_that_filled_in_part():
     assert comparable(run_cut(inputs, cut)[0]) == comparable(pairs(whole))
 
 
-@pytest.mark.xfail(strict=True, reason="routed restore: a finished slice's fills come back at their average fill price")
+def rounded(published: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """``comparable`` output with every float to 12 significant digits."""
+    return {
+        topic: [{k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in r.items()} for r in records]
+        for topic, records in published.items()
+    }
+
+
 def test_a_restart_inside_a_routed_entry_after_a_taker_slice_filled():
-    """Known gap (``execution.routed_restore``, not the clock): a restored entry takes a finished slice's
-    fills from its orders record, one execution at the average fill price with that price as its market
-    price (the record carries no market price), so the position opens at another entry price and the
-    next slice's quantity differs in the last bits. Closing it needs the fills topic in the restore."""
+    """Cut inside a routed entry after a taker slice filled: the restored entry takes that slice's fills
+    from its orders record, one execution at the average fill price and the average market price (the
+    record carries both), so the position opens at the uninterrupted run's entry price and the next slice
+    has its quantity (before orders carried the market price the entry price was off by 0.05 %). Equal
+    to 12 significant digits: see the next test."""
+    inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
+    whole = ListSink()
+    clock = ExecutorClock("paper", wall)
+    hand(new_executor(clock, whole), clock, inputs)
+    cuts = [c for c in range(1, len(inputs), 29) if taker_filled(run_cut(inputs, c)[1])]
+    assert cuts
+    for cut in cuts:
+        assert rounded(comparable(run_cut(inputs, cut)[0])) == rounded(comparable(pairs(whole))), cut
+
+
+@pytest.mark.xfail(strict=True, reason="routed restore: one restored execution sums to other last bits")
+def test_a_restart_inside_a_routed_entry_after_a_taker_slice_filled_is_bit_identical():
+    """Known gap (``execution.routed_restore``, not the clock): the restored execution is one per order,
+    so the filled quantity and the next slice's quantity are sums in another order than the uninterrupted
+    run's fills, equal but for the last bits (2.666666666666666 against 2.666666666666667). Closing it
+    needs the restore to read the order's fills (the fills topic), not its orders record."""
     inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
     whole = ListSink()
     clock = ExecutorClock("paper", wall)

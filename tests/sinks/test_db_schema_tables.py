@@ -197,6 +197,7 @@ SAMPLES: dict[str, dict] = {
         "qty": 0.542,
         "filled_qty": 0.271,
         "avg_fill_price": 42582.1,
+        "avg_market_price": 42580.6,
         "reduce_only": False,
         "state": "PARTIALLY_FILLED",
         "reason": None,
