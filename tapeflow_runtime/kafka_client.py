@@ -368,7 +368,41 @@ def ensure_topics(
                     )
                 else:
                     results.append(TopicResult(nt.topic, "exists"))
+    created = {nt.topic: spec.partitions for spec, nt in to_create}
+    created = {name: n for name, n in created.items() if TopicResult(name, "created") in results}
+    if created:
+        wait_hosted(bootstrap, created, timeout)
     return results
+
+
+def wait_hosted(bootstrap: str, topics: dict[str, int], timeout: float) -> None:
+    """Until the broker hosts every partition of ``topics`` (name -> partition count): its leader
+    answers a ListOffsets for each. Raises TimeoutError after ``timeout``.
+
+    Why: CreateTopics returns once the controller has the topics; the broker creates their partition
+    logs afterwards (about 1.2 s for the ~100 of the catalogue, over 3 s under load) and answers a
+    produce to a partition not created yet "not leader". An idempotent producer can then have two
+    batches of that partition in flight: the first (sequence 0) refused, the second accepted once the
+    partition exists (a broker with no state for the producer takes its first batch at any sequence),
+    and librdkafka reports the refused one delivered too ("implicitly acked by subsequent batch
+    success"): records acknowledged and never written (seen in the OKX producer test under load:
+    md.book, md.indicators and md.depth records). So nothing produces before this returns."""
+    from confluent_kafka import Consumer
+
+    wanted = [(name, p) for name, n in topics.items() for p in range(n)]
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            hosted = start_offsets(consumer, wanted, max(1.0, deadline - time.monotonic()))
+            if len(hosted) == len(wanted):
+                return
+            if time.monotonic() >= deadline:
+                missing = sorted({name for name, p in wanted if (name, p) not in hosted})
+                raise TimeoutError(f"the broker does not host every partition of {missing} after {timeout} s")
+            time.sleep(0.05)
+    finally:
+        consumer.close()
 
 
 def _partition_count(admin, name: str, timeout: float) -> int:

@@ -107,3 +107,22 @@ def test_ask_again_retries_only_the_codes_it_is_given_and_returns_a_pending_answ
         == "partial"
     )
     assert between and all(left <= 0.3 for left in between)
+
+
+def test_created_topics_are_hosted_when_ensure_topics_returns(kafka_bootstrap, topic_prefix):
+    """A produce into a partition the broker has not created yet can be lost while acknowledged
+    (``kafka_client.wait_hosted``): when ``ensure_topics`` has created the catalogue's topics, the
+    broker's leader already answers for every one of their partitions (one ListOffsets, asked once)."""
+    from tapeflow_runtime.kafka_client import ensure_topics, start_offsets
+
+    results = ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    created = [r.name for r in results if r.action == "created"]
+    assert len(created) == len(results)
+    consumer = Consumer(consumer_config(kafka_bootstrap))
+    try:
+        wanted = [(name, p) for name in created for p in topic_metadata(consumer, name, 10).partitions]
+        assert len(wanted) > len(created)  # some have more than one partition
+        hosted = start_offsets(consumer, wanted, 0.5)
+    finally:
+        consumer.close()
+    assert sorted(set(wanted) - set(hosted)) == []

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from decimal import Decimal
 
 import pytest
-from confluent_kafka import Consumer
 
 from fake_exchange.okx import OkxSyntheticSpec, generate_okx_session, serve_okx
 from producers.metrics import ProducerMetrics
 from producers.okx.producer import OkxProducer, OkxProducerConfig
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import consumer_config, ensure_topics, start_offsets, topic_metadata
+from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.publisher import Publisher
-from tests.producers.bybit.test_bybit_producer import TOPICS, read_topics, sample
+from tests.producers.bybit.test_bybit_producer import read_topics, sample
 from tests.support.staging import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -43,8 +41,7 @@ async def run_producer(
     rest_give_up_after_s=60.0,
     spot_interval_ms=60_000,
 ):
-    ensure_topics(bootstrap, prefix=prefix)
-    await asyncio.to_thread(wait_hosted, bootstrap, prefix)
+    ensure_topics(bootstrap, prefix=prefix)  # returns once the broker hosts every partition (wait_hosted)
     fake = await serve_okx(session, speed=speed, faults=faults or {})
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
@@ -69,33 +66,6 @@ async def run_producer(
         stop.set()
         await fake.stop()
     return producer, metrics, ended, publisher, fake
-
-
-def wait_hosted(bootstrap, prefix, timeout_s=60.0):
-    """Until the broker hosts every partition of the topics the producer writes (ListOffsets answered by
-    its leader), so that it never produces into a partition still being created.
-
-    Why: ``ensure_topics`` returns once the controller has the topics; the broker creates their ~100
-    partition logs afterwards, one by one (over 3 s on a loaded machine, its log shows), and answers
-    a produce to a partition not yet created "not leader". The idempotent producer then has two
-    batches of that partition in flight: the first (sequence 0) refused, the second accepted once
-    the partition exists (Kafka takes a producer's first batch in a partition at any sequence), and
-    librdkafka reports the refused one delivered as well ("implicitly acked by subsequent batch
-    success"). Those records were lost while acknowledged (librdkafka's debug log and the broker's
-    offsets show it): under load two md.book records, a dead letter or two md.indicators records
-    went so (``read_all_delivered`` counts them), and so, very likely, did the first ETH md.depth
-    record (its snapshot) that the drop test once missed in CI."""
-    consumer = Consumer(consumer_config(bootstrap))
-    try:
-        wanted = []
-        for topic in TOPICS:
-            md = topic_metadata(consumer, prefix + topic, timeout_s)
-            wanted += [(prefix + topic, p) for p in md.partitions]
-        deadline = time.monotonic() + timeout_s
-        while len(start_offsets(consumer, wanted, max(1.0, deadline - time.monotonic()))) < len(wanted):
-            assert time.monotonic() < deadline, "partitions not hosted by the broker"
-    finally:
-        consumer.close()
 
 
 def read_all_delivered(bootstrap, prefix, producer, publisher):
@@ -437,7 +407,6 @@ async def test_cli_produce_exchange_okx_runs_against_the_fake(kafka_bootstrap, t
     import sys
 
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    wait_hosted(kafka_bootstrap, topic_prefix)
     session = generate_okx_session(OkxSyntheticSpec(seed=5, symbols=("BTCUSDT",), duration_s=4))
     fake = await serve_okx(session, speed=10.0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
