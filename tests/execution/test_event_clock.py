@@ -135,6 +135,15 @@ def run_cut(inputs: list[tuple[str, Any]], cut: int) -> tuple[list[tuple[str, di
     return pairs(first) + pairs(second), cut_short
 
 
+def uninterrupted() -> tuple[list[tuple[str, Any]], ListSink]:
+    """The session's inputs as the aligner releases them (one partition) and what one executor published."""
+    inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
+    whole = ListSink()
+    clock = ExecutorClock("paper", wall)
+    hand(new_executor(clock, whole), clock, inputs)
+    return inputs, whole
+
+
 def part_filled(ex: Executor) -> bool:
     """A routed entry in flight that has filled in part."""
     return any(e.fills for e in ex.entries.values())
@@ -149,10 +158,7 @@ def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run():
     """Cuts (the committed offsets and, with them, the clock's metadata) every 29th input and right after
     each entry's first taker slice was sent: inside maker waits, with a slice in flight, inside guard
     pauses, with positions open and with nothing going on."""
-    inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
-    whole = ListSink()
-    clock = ExecutorClock("paper", wall)
-    hand(new_executor(clock, whole), clock, inputs)
+    inputs, whole = uninterrupted()
     want = comparable(pairs(whole))
     first_slices = [
         r["event_time"]
@@ -161,6 +167,7 @@ def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run():
     ]
     cuts = list(range(1, len(inputs), 29))  # and right after each first taker slice was sent
     cuts += [next(i for i, (_, h) in enumerate(inputs) if h.time > t) for t in first_slices]
+    end = max(h.time for _, h in inputs)  # the uninterrupted run's clock at its end
     kinds: set[str] = set()
     for cut in cuts:
         published, ex = run_cut(inputs, cut)
@@ -168,7 +175,7 @@ def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run():
             continue  # equal to 12 digits only: the tests below
         kinds |= {"maker wait" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "LIMIT"}
         kinds |= {"slice sent" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "MARKET"}
-        kinds |= {"paused" for _ in [0] if ex.guard.state_name(clock.now()) != "active"}
+        kinds |= {"paused" for _ in [0] if ex.guard.state_name(end) != "active"}
         kinds |= {"position open" for _ in ex.positions}
         assert comparable(published) == want, cut
     assert kinds == {"maker wait", "slice sent", "paused", "position open"}
@@ -179,10 +186,7 @@ def test_a_restart_inside_a_routed_entry_that_filled_in_part():
     paper book although the book has moved onto its price by now (a post-only limit is checked when it is
     sent, not when a restart puts it back; refused, its entry waited on an order that was nowhere and the
     position never opened), and the run equals the uninterrupted one."""
-    inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
-    whole = ListSink()
-    clock = ExecutorClock("paper", wall)
-    hand(new_executor(clock, whole), clock, inputs)
+    inputs, whole = uninterrupted()
     cut = next(c for c in range(1, len(inputs), 7) if part_filled(run_cut(inputs, c)[1]))
     assert comparable(run_cut(inputs, cut)[0]) == comparable(pairs(whole))
 
@@ -201,10 +205,7 @@ def test_a_restart_inside_a_routed_entry_after_a_taker_slice_filled():
     record carries both), so the position opens at the uninterrupted run's entry price and the next slice
     has its quantity (before orders carried the market price the entry price was off by 0.05 %). Equal
     to 12 significant digits: see the next test."""
-    inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
-    whole = ListSink()
-    clock = ExecutorClock("paper", wall)
-    hand(new_executor(clock, whole), clock, inputs)
+    inputs, whole = uninterrupted()
     cuts = [c for c in range(1, len(inputs), 29) if taker_filled(run_cut(inputs, c)[1])]
     assert cuts
     for cut in cuts:
@@ -217,9 +218,6 @@ def test_a_restart_inside_a_routed_entry_after_a_taker_slice_filled_is_bit_ident
     so the filled quantity and the next slice's quantity are sums in another order than the uninterrupted
     run's fills, equal but for the last bits (2.666666666666666 against 2.666666666666667). Closing it
     needs the restore to read the order's fills (the fills topic), not its orders record."""
-    inputs = aligned(session(), {"BTCUSDT": 0, "ETHUSDT": 0})
-    whole = ListSink()
-    clock = ExecutorClock("paper", wall)
-    hand(new_executor(clock, whole), clock, inputs)
+    inputs, whole = uninterrupted()
     cut = next(c for c in range(1, len(inputs), 29) if taker_filled(run_cut(inputs, c)[1]))
     assert comparable(run_cut(inputs, cut)[0]) == comparable(pairs(whole))

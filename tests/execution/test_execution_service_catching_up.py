@@ -31,17 +31,22 @@ pytestmark = pytest.mark.integration
 TRADES_P, EMPTY_P = 0, 1  # md.trades partition 0 holds records, partition 1 none
 
 
-def held_service(bootstrap: str, prefix: str, tmp_path, start_from: str, partition: int) -> ExecutorService:
-    """A service whose consumer is assigned every input of `partition` and has read nothing; its aligner
-    holds one signal there, with signals, md.book and md.mark at their end (md.trades holds it back)."""
-    service = ExecutorService(
+def paper_service(bootstrap: str, prefix: str, tmp_path, options: ExecuteOptions) -> ExecutorService:
+    """A paper executor service with the default config, not started (no consumer yet)."""
+    return ExecutorService(
         Settings(home=tmp_path, broker=bootstrap, topic_prefix=prefix),
         "paper",
         ExecutorConfig(),
         bootstrap,
         AvroSerde(FileSchemaRegistry()),
-        ExecuteOptions(start_from=start_from),
+        options,
     )
+
+
+def held_service(bootstrap: str, prefix: str, tmp_path, start_from: str, partition: int) -> ExecutorService:
+    """A service whose consumer is assigned every input of `partition` and has read nothing; its aligner
+    holds one signal there, with signals, md.book and md.mark at their end (md.trades holds it back)."""
+    service = paper_service(bootstrap, prefix, tmp_path, ExecuteOptions(start_from=start_from))
     consumer = Consumer(
         consumer_config(bootstrap, f"{prefix}catching-up-{start_from}-{partition}", **{"auto.offset.reset": start_from})
     )
@@ -123,15 +128,7 @@ class _Recorded:
 def test_without_partitions_the_loop_waits_instead_of_spinning(kafka_bootstrap, topic_prefix, tmp_path):
     """No executor (a group join, a broker outage): the loop used to ask consume() with timeout 0 and
     burn a third of a core until partitions came; every pass after the first waits a clock interval."""
-    options = ExecuteOptions(clock_interval_ms=50)
-    service = ExecutorService(
-        Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix),
-        "paper",
-        ExecutorConfig(),
-        kafka_bootstrap,
-        AvroSerde(FileSchemaRegistry()),
-        options,
-    )
+    service = paper_service(kafka_bootstrap, topic_prefix, tmp_path, ExecuteOptions(clock_interval_ms=50))
     consumer = Consumer(consumer_config(kafka_bootstrap, f"{topic_prefix}no-partitions"))
     try:
         service._consumer = _Recorded(consumer)
