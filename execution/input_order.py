@@ -16,8 +16,9 @@ first, then mark, then book, then trades: the order the backtest runner feeds
 (``backtest.runner``), so a replay of data already in the broker trades exactly as the backtest.
 Within one topic-partition inputs leave in offset order (a prefix of what was read), so storing the
 offset of each released record keeps the commit safe. A partition whose holding topics deliver
-nothing for ``max_hold_s`` and have nothing left to read (an end never reported) is released as it
-is (``release(force=...)``).
+nothing for ``max_hold_s`` and have nothing left to read (an end never reported) has those topics
+taken as at their end (``execution.service_inputs.InputGate``); ``release(partition, force=True)``
+takes a partition's held inputs as they are.
 
 Across partitions (``release_all``, what the service uses): one executor trades every assigned
 partition on one event clock (``execution.event_clock``), so it is handed inputs in event-time order
@@ -116,21 +117,10 @@ class InputAligner:
 
     def release(self, partition: int, force: bool = False) -> list[Held]:
         """Every held input of ``partition`` up to its watermark (all with ``force``), in order."""
-        mark = None if force else self.watermark(partition)
-        if mark is None and not force and not all((t, partition) in self._at_end for t in self.topics):
+        mark = math.inf if force else self.bound(partition)
+        if mark is None:
             return []
-        queues = [q for (_, p), q in self._queues.items() if p == partition and q]
-        heap = [(q[0], i) for i, q in enumerate(queues)]
-        heapq.heapify(heap)
-        out: list[Held] = []
-        while heap:
-            head, i = heapq.heappop(heap)
-            if not force and mark is not None and head.time > mark:
-                break  # heads are the oldest of their queues: nothing else is due either
-            out.append(queues[i].popleft())
-            if queues[i]:
-                heapq.heappush(heap, (queues[i][0], i))
-        return out
+        return _merged([q for (_, p), q in self._queues.items() if p == partition and q], mark)
 
     def known(self) -> set[int]:
         """Every partition the aligner has heard of (a record, an end)."""
@@ -159,18 +149,7 @@ class InputAligner:
             if bound is None:
                 return []
             mark = min(mark, bound)
-        queues = [q for q in self._queues.values() if q]
-        heap = [(q[0], i) for i, q in enumerate(queues)]
-        heapq.heapify(heap)
-        out: list[Held] = []
-        while heap:
-            head, i = heapq.heappop(heap)
-            if head.time > mark:
-                break  # heads are the oldest of their queues: nothing else is due either
-            out.append(queues[i].popleft())
-            if queues[i]:
-                heapq.heappush(heap, (queues[i][0], i))
-        return out
+        return _merged([q for q in self._queues.values() if q], mark)
 
     def drop(self, partitions: Sequence[tuple[str, int]]) -> None:
         """Forget revoked partitions (their records are read again by the next owner)."""
@@ -178,3 +157,20 @@ class InputAligner:
             self._queues.pop(tp, None)
             self._newest.pop(tp, None)
             self._at_end.discard(tp)
+
+
+def _merged(queues: list[deque[Held]], mark: float) -> list[Held]:
+    """The heads of ``queues`` (each in offset order) taken in ``Held`` order while at or before
+    ``mark``: a k-way merge that stops at the first head past it (heads are the oldest of their queues,
+    so nothing else is due either)."""
+    heap = [(q[0], i) for i, q in enumerate(queues)]
+    heapq.heapify(heap)
+    out: list[Held] = []
+    while heap:
+        head, i = heapq.heappop(heap)
+        if head.time > mark:
+            break
+        out.append(queues[i].popleft())
+        if queues[i]:
+            heapq.heappush(heap, (queues[i][0], i))
+    return out
