@@ -349,12 +349,14 @@ def ensure_topics(
                 ),
             )
         )
+    created: dict[str, int] = {}  # by this call: waited for until hosted (wait_hosted)
     if to_create:
         futures = admin.create_topics([nt for _, nt in to_create], operation_timeout=timeout)
         for spec, nt in to_create:
             try:
                 futures[nt.topic].result(timeout)
                 results.append(TopicResult(nt.topic, "created"))
+                created[nt.topic] = spec.partitions
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
@@ -368,8 +370,6 @@ def ensure_topics(
                     )
                 else:
                     results.append(TopicResult(nt.topic, "exists"))
-    created = {nt.topic: spec.partitions for spec, nt in to_create}
-    created = {name: n for name, n in created.items() if TopicResult(name, "created") in results}
     if created:
         wait_hosted(bootstrap, created, timeout)
     return results
