@@ -83,11 +83,6 @@ def read_all_delivered(bootstrap, prefix, producer, publisher):
     return records
 
 
-def reached(fake, fraction):
-    """Has the fake's replay dispatched `fraction` of its frames? (Faults act there, whatever the producer's lag.)"""
-    return lambda: fake.state.position >= fraction * len(fake.recording.frames)
-
-
 def pushes(session, channel, inst_id):
     return [json.loads(f.data) for f in session.frames if f.stream == f"{channel}:{inst_id}"]
 
@@ -286,12 +281,21 @@ async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_an
 
 async def test_lost_pushes_are_repaired_from_rest_the_book_by_snapshot_the_trades_by_id(kafka_bootstrap, topic_prefix):
     session = generate_okx_session(OkxSyntheticSpec(seed=32, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8))
+    # staged on the fake's frame positions, the replay held at each, so a loaded machine can neither end
+    # the session before a fault is armed nor arm it late (polling the position once found no ETH push
+    # lost: at 8x the replay had run past the second point, and nearly to its end, before the poll)
+    first_hold = session.frames[len(session.frames) // 5].index
+    second_hold = session.frames[len(session.frames) // 2].index
 
     async def during(fake, producer):
-        await until(reached(fake, 0.2), timeout_s=10.0)
+        fake.pause_replay(before=first_hold)
+        await until(lambda: not fake.state.running.is_set() and producer.books["BTCUSDT"].is_live, timeout_s=30.0)
         fake.set_faults(skip_frames=2, skip_stream="books:BTC-USDT-SWAP")
-        await until(reached(fake, 0.5), timeout_s=10.0)
+        fake.pause_replay(before=second_hold)
+        fake.resume_replay()
+        await until(lambda: not fake.state.running.is_set(), timeout_s=30.0)
         fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")
+        fake.resume_replay()
 
     producer, metrics, ended, publisher, fake = await run_producer(
         kafka_bootstrap, topic_prefix, session, during=during, speed=8.0
@@ -310,7 +314,9 @@ async def test_lost_pushes_are_repaired_from_rest_the_book_by_snapshot_the_trade
     assert mine([t for t in records["md.trades"] if t["symbol"] == "BTCUSDT"]) == expected_trades(session, "BTCUSDT")
     want = expected_trades(session, "ETHUSDT")
     got = [t for t in records["md.trades"] if t["symbol"] == "ETHUSDT"]
-    (lost,) = [w for w in want if w not in mine(got)]
+    lost_pushes = [w for w in want if w not in mine(got)]
+    assert len(lost_pushes) == 1, f"one ETH push lost and repaired, not {len(lost_pushes)}"
+    (lost,) = lost_pushes
     fills = expected_fills(session, "ETHUSDT")
     assert mine(got) == [
         r for w in want for r in ([fills[i] for i in range(lost[0], lost[1] + 1)] if w == lost else [w])
@@ -353,19 +359,24 @@ async def test_with_rest_down_a_lost_push_is_reported_a_dropped_connection_resub
     kafka_bootstrap, topic_prefix
 ):
     session = generate_okx_session(OkxSyntheticSpec(seed=33, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8))
+    # staged on frame positions, the replay held at each (see the test above)
+    lose_at = session.frames[len(session.frames) * 3 // 10].index
+    drop_at = session.frames[len(session.frames) // 2].index
 
     async def during(fake, producer):
+        fake.pause_replay(before=lose_at)
         await until(
-            lambda: producer.books["ETHUSDT"].is_live, timeout_s=10.0
+            lambda: producer.books["ETHUSDT"].is_live, timeout_s=30.0
         )  # subscribed: the instruments were loaded
         fake.set_faults(rest_fail_for_s=60.0)  # from here REST answers 503: no hole can be filled
-        await until(reached(fake, 0.3), timeout_s=10.0)
+        await until(lambda: not fake.state.running.is_set(), timeout_s=30.0)
         fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")
-        await until(reached(fake, 0.5), timeout_s=10.0)
+        fake.pause_replay(before=drop_at)
+        fake.resume_replay()
+        await until(lambda: not fake.state.running.is_set(), timeout_s=30.0)
         # the drop with the session standing still until the producer is back with both books live
         # from the new connection's snapshots: on a loaded machine the rest of the replay could
         # otherwise end before them (the same race failed the Bybit drop test in CI)
-        fake.pause_replay()
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
         await until(
