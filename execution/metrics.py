@@ -66,6 +66,11 @@ class ExecutorMetrics:
             ["market"],
             registry=r,
         )
+        self.last_pass = Gauge(
+            "tapeflow_executor_last_pass_time_seconds",
+            "Unix time the consumer loop last finished a pass (a stuck loop stops it; the process still answers)",
+            registry=r,
+        )
         self._slo_metrics(r)
 
     def _slo_metrics(self, r: CollectorRegistry) -> None:

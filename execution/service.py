@@ -138,6 +138,7 @@ class ExecuteOptions:
     transactional: bool = True  # outputs and input offsets in one Kafka transaction (module docstring)
     transaction_interval_ms: int = 0  # a transaction holding outputs commits once this long after the last
     restore_idle_s: float = 0.5
+    stall_after_s: float = 180.0  # a loop pass running longer is a stall: `/health` says "stalled" (health())
     stop: threading.Event | None = None  # set it to stop the service (tests, embedding)
 
 
@@ -257,6 +258,9 @@ class ExecutorService:
         self.aligner = self.inputs.aligner
         self.executor: Executor | None = None
         self.status = "starting"
+        self.pass_ended = time.monotonic()  # when the loop last finished a pass (the stall watchdog's clock)
+        self.metrics.last_pass.set_function(lambda: self._pass_ended_unix)
+        self._pass_ended_unix = time.time()
         self.restores = 0
         self._consumer: Consumer | None = None
         self._lag = LagProbe(self.metrics.lag, self._group)
@@ -289,10 +293,12 @@ class ExecutorService:
         self.committer.start()  # fences an older executor and aborts its open transaction: before any state is read
         self._open_consumers()
         self._next_clock = self._next_commit = 0
+        self.pass_ended = time.monotonic()
         failed = False
         try:
             while not stop.is_set():
                 self._loop_once()
+                self.pass_ended, self._pass_ended_unix = time.monotonic(), time.time()
         except (TransactionAborted, TransactionFenced) as exc:
             failed = True
             self.status = "failed"
@@ -571,9 +577,19 @@ class ExecutorService:
             self.status = "degraded"
 
     def health(self) -> dict[str, Any]:
+        """The `/health` body. The watchdog: a pass of the loop running longer than
+        `ExecuteOptions.stall_after_s` (longer than any bounded wait of a pass: an abort waits up to
+        two minutes for its coordinator) is a loop stuck in a call that never returns, as librdkafka's
+        `send_offsets_to_transaction` did after a broker restart (`tapeflow_runtime.publisher`). The
+        process still answers and its status would still say "running" while no signal is traded:
+        it says "stalled" (503) instead. Not while starting or rebalancing (restoring the state from
+        long topics is one long pass) nor once stopped."""
         ex = self.executor
+        pass_s = time.monotonic() - self.pass_ended
+        stalled = self.status in ("running", "degraded") and pass_s > self.options.stall_after_s
         return {
-            "status": self.status,
+            "status": "stalled" if stalled else self.status,
+            "loop_pass_s": round(pass_s, 3),
             "mode": self.mode,
             "open_positions": len(ex.positions) if ex else 0,
             "risk_state": ex.guard.state_name(self.executor_clock.now()) if ex else None,
