@@ -216,6 +216,22 @@ class Accounts:
             decisions.update(b.sink.decisions)
         return decisions
 
+    def degradations(self, end_ms: int) -> list[dict[str, Any]]:
+        """Every account's degradation changes up to ``end_ms``, in time order: the maker-fill-ratio rule
+        on event time routes a backtest's entries as it routes paper's (``execution.maker_fill_rule``).
+        Closes the windows up to ``end_ms`` first: a change that no clock tick or entry noticed (the
+        sparse feed skips quiet ticks) is still reported at the time it happened."""
+        out: list[dict[str, Any]] = []
+        for name, book in self.books.items():
+            rule = book.executor.entry_flow.maker_rule
+            if rule is None:
+                continue
+            rule.advance(end_ms)
+            for c in rule.changes:
+                row = {"account": name, "time_ms": c.time_ms, "rule": c.rule, "active": c.active, "value": c.value}
+                out.append(row | {"samples": c.samples, "detail": c.describe()})
+        return sorted(out, key=lambda row: (row["time_ms"], row["account"]))
+
     def position_events(self) -> list[Record]:
         """Every positions record the executors emitted (opened, tp1, closed), in emission order per account."""
         return [ev for b in self.books.values() for ev in b.sink.positions]

@@ -276,6 +276,10 @@ class BacktestRunner:
             "source_notes": dict(source.report.notes),
             "bad_row_count": source.report.bad_row_count,
         }
+        end_ms = self.processed_to_ms if partial else source.to_ms
+        degradations = self.accounts.degradations(end_ms) if end_ms is not None else []
+        if degradations:  # only when a rule changed: the params of every other run stay as they were
+            params["degradation_changes"] = degradations
         return RunResult(
             run_id=str(uuid.uuid4()),
             source=source.name,

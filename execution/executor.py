@@ -373,6 +373,8 @@ class Executor:
         signal read back), so the next trade delivered fills it as it would have without the restart.
         Its not-before is the signal's evaluation time for an entry and none for the others (their
         trigger trade is at or before the cut; every trade delivered after it comes later)."""
+        orders = list(orders)  # read twice: the maker rule's samples (execution.maker_fill_rule), the state
+        self.entry_flow.restore_maker_rule(orders, now_ms)
         return StateRestore(self, now_ms, signals, committed_cut).run(positions, orders, risk)
 
     # ================================================================ reconciliation
@@ -429,24 +431,22 @@ class Executor:
         reason: str | None,
     ) -> None:
         info = self.orders.get(req.client_order_id)
-        self.sink.emit(
-            ORDERS,
-            market_key(req.exchange, req.symbol),
-            order_record(
-                req,
-                mode=self.mode,
-                leg=leg,
-                state=state,
-                event_time=event_time,
-                signal_id=signal_id,
-                position_id=pid,
-                update=update,
-                reason=reason,
-                mid_at_send=info.mid_at_send if info is not None else None,
-                config_rev=info.config_rev if info is not None else self._config_rev(pid),
-                avg_market_price=info.avg_market_price if info is not None else None,
-            ),
+        record = order_record(
+            req,
+            mode=self.mode,
+            leg=leg,
+            state=state,
+            event_time=event_time,
+            signal_id=signal_id,
+            position_id=pid,
+            update=update,
+            reason=reason,
+            mid_at_send=info.mid_at_send if info is not None else None,
+            config_rev=info.config_rev if info is not None else self._config_rev(pid),
+            avg_market_price=info.avg_market_price if info is not None else None,
         )
+        self.sink.emit(ORDERS, market_key(req.exchange, req.symbol), record)
+        self.entry_flow.order_recorded(record)  # a maker entry's end feeds the maker rule (paper)
 
     def _send(
         self,

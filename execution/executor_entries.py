@@ -15,7 +15,7 @@ opens the position of what part-filled. Routed entries (``entry.kind: routed``) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -24,6 +24,7 @@ from execution.broker import TERMINAL_STATES, OrderUpdate
 from execution.client_ids import client_order_id, position_id
 from execution.domain import BookTop, InvalidSignal, Signal
 from execution.entries import PendingEntry, fallback_order, fallback_slippage_bps, first_entry_order
+from execution.maker_fill_rule import MakerFillRule
 from execution.position_manager import Position
 from execution.records import position_record
 from execution.risk_guard import RiskDecision, slot_scope
@@ -46,6 +47,12 @@ class EntryFlow:
         self.ex = ex
         self.routed = RoutedEntries(self)  # entry.kind routed
         self.router = self.routed.router  # its tables by strategy revision, the degradation flags in force
+        # paper (the service and the backtest, on event time) routes by the maker rule on its own clock;
+        # testnet/live by the service's wall-clock monitor (``execution.maker_fill_rule``)
+        self.maker_rule: MakerFillRule | None = None
+        if ex.mode == "paper":
+            self.maker_rule = MakerFillRule()
+            self.router.flags_at = self.maker_rule.flags_at
 
     def on_book(self, book: BookTop) -> None:
         self.routed.on_book(book)
@@ -54,11 +61,23 @@ class EntryFlow:
         """Maker entries whose wait is over are cancelled (their update sends what follows); routed
         entries take the step that is due (a held entry's probe, the next taker slice)."""
         ex = self.ex
+        if self.maker_rule is not None:
+            self.maker_rule.advance(now_ms)
         for entry in list(ex.entries.values()):
             if entry.maker_timed_out(ex.config.entry, now_ms):
                 ex._route(ex.broker.cancel(entry.request.client_order_id, now_ms, "maker_timeout"), now_ms)
             elif entry.due_ms is not None:
                 self.routed.on_clock(entry, now_ms)
+
+    def order_recorded(self, record: Mapping[str, Any]) -> None:
+        """Every orders record the executor emits: a maker entry that ended feeds the maker rule."""
+        if self.maker_rule is not None:
+            self.maker_rule.order_record(record)
+
+    def restore_maker_rule(self, orders: Iterable[Mapping[str, Any]], now_ms: int) -> None:
+        """After a restart: the maker rule from the orders records (``MakerFillRule.restore``)."""
+        if self.maker_rule is not None:
+            self.maker_rule.restore(orders, self.ex.mode, now_ms)
 
     # ------------------------------------------------------------------ intake
     def on_signal(self, record: Mapping[str, Any], now_ms: int) -> RiskDecision:

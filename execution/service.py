@@ -45,7 +45,10 @@ pause ends of a paper run are those of the backtest over the same records, at an
 clock commits with the input offsets (their metadata) and comes back with them on a restart.
 Testnet and live keep the wall clock (real orders and acks). On the wall clock in every mode, since
 they measure the process and not the market: metrics (data age, lag), SLO samples and windows,
-health, the commit cadence, the consumer's wait. Kill-switch records are applied at the clock's `now`.
+health, the commit cadence, the consumer's wait. Except the maker-fill-ratio degradation rule, which
+measures the market: paper runs it on event time inside the executor (`execution.maker_fill_rule`, as
+the backtest does) and routes by it; the service logs and audits its changes. Kill-switch records are
+applied at the clock's `now`.
 
 State persistence (the design choice): the executor's own output topics are its state. On every
 partition assignment it reads `positions` and `orders` (the assigned partitions) and all of
@@ -108,7 +111,7 @@ from execution.service_clock import ExecutorClock
 from execution.service_commits import OffsetCommitter
 from execution.service_inputs import INPUTS, InputGate
 from execution.service_restore import read_before_committed, read_signals
-from execution.service_slo import DegradationAudit, SloFeed
+from execution.service_slo import DegradationAudit, SloFeed, wall_clock_config
 from execution.slo import SloMonitor
 from schemas.catalogue import dlq_topic
 from schemas.catalogue import topic as topic_spec
@@ -243,7 +246,8 @@ class ExecutorService:
         self.executor_clock = ExecutorClock(mode, self.clock)  # paper: event time (execution.event_clock)
         self.committer.metadata = self.executor_clock.metadata  # the clock commits with its input offsets
         audit = audit or DegradationAudit(None, mode)
-        self.slo = SloFeed(SloMonitor(self.clock(), active=audit.last_active()), self.metrics, audit, mode)
+        monitor = SloMonitor(self.clock(), wall_clock_config(mode), active=audit.last_active())
+        self.slo = SloFeed(monitor, self.metrics, audit, mode)
         self.sink = KafkaSink(
             self.publisher,
             self.metrics,
@@ -424,11 +428,11 @@ class ExecutorService:
         return ex.venue_up and md_up is not False
 
     def _publish_flags(self, ex: Executor) -> None:
-        """Hand the order router the degradation flags in force (`execution.routing.Router.flags`, the
-        router of the executor's routed entries; an executor without one has nothing to degrade). Not
-        on event time (paper): the SLO windows are wall-clock windows (what they measure is the
-        process), so flags from them would make a replay's orders depend on its speed; paper reports and
-        audits its degradation changes and trades as the backtest does, without them."""
+        """Hand the order router the wall-clock monitor's degradation flags (`execution.routing.Router.flags`,
+        the router of the executor's routed entries; an executor without one has nothing to degrade). Not
+        on event time (paper): wall-clock windows would make a replay's orders depend on its speed; its
+        executor's router reads the maker rule on event time instead (`execution.maker_fill_rule`, as the
+        backtest's), and the round-trip rule, which measures the process, does not route paper."""
         routed = getattr(ex.entry_flow, "routed", None)
         if routed is not None and not self.executor_clock.on_events:
             routed.router.flags = self.slo.flags()
@@ -488,6 +492,7 @@ class ExecutorService:
             committed_cut=self.transactional,
         )
         clock.restored(executor)
+        self.slo.follow(executor.entry_flow.maker_rule)  # paper: the event-time maker rule, restored above
         self.inputs.assign(signals)
         total = len(topic_metadata(consumer, self.prefix + "signals").partitions)
         executor.owner_ok = signals == list(range(total))

@@ -5,15 +5,23 @@ degradation change (a log line, the metrics, a row of `execution_degradations`).
 signals, a websocket sample per clock tick, and each tick closes due windows, publishes the SLIs and
 breach streaks as metrics and hands changes to the audit. Order records reach the monitor through the
 service's `KafkaSink` (round trips, answers, maker fill ratios). `flags(now_ms)` is what the order router
-reads (the executor's `degradation` input); a backtest passes `execution.slo.FlagSchedule` instead.
+reads in testnet and live (`ExecutorService._publish_flags`).
+
+Paper routes by the maker rule on event time instead (`execution.maker_fill_rule`, owned by the
+executor, the backtest's too): the wall-clock monitor of a paper service has no maker rule
+(`wall_clock_config`), and `SloFeed.follow` takes the executor's event-time rule, whose changes each
+tick logs, counts and audits like its own (`execution_degradations`, `mode` paper), and whose state the
+gauge and `/health` show with the monitor's.
 
 `DegradationAudit` writes the changes to PostgreSQL from its own thread, so a slow or absent database
 never holds up the trading loop: a row that cannot be written for want of a connection is retried every
 `retry_s` in order (one the database refuses, e.g. before `tapeflow db migrate`, is logged and dropped), and
 the queue is bounded (the oldest change is dropped, with a warning, beyond `max_queue`). Every change is
 also a log line (`execution degradation set/cleared`), whether or not a database is configured. On
-start the service reads each rule's last audited state, so a degradation in force survives a restart
-(it clears by the rule's hysteresis as usual). The insert is idempotent on (mode, rule, time, active).
+start the service reads each wall-clock rule's last audited state, so a degradation in force survives a
+restart (it clears by the rule's hysteresis as usual); the event-time rule comes back from the orders
+topic with the executor's state instead (`MakerFillRule.restore`). The insert is idempotent on (mode,
+rule, time, active).
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from typing import Any
 
 import structlog
 
-from execution.degradation import DegradationFlags
+from execution.degradation import NONE, DegradationFlags
+from execution.maker_fill_rule import MAKER_SLI, MakerFillRule
 from execution.metrics import ExecutorMetrics
-from execution.slo import DegradationChange, SloMonitor, is_gate_error
+from execution.slo import DegradationChange, SloConfig, SloMonitor, is_gate_error
 
 log = structlog.get_logger("executor.slo")
 
@@ -39,6 +48,25 @@ LAST_STATE = (
     "SELECT DISTINCT ON (rule) rule, active FROM execution_degradations WHERE mode = %s"
     " ORDER BY rule, changed_time DESC, active"
 )
+
+
+def wall_clock_config(mode: str) -> SloConfig:
+    """The service's wall-clock monitor's config: paper leaves the maker rule to its executor's event
+    time (`execution.maker_fill_rule`), so the two never set the same rule; other modes keep every rule."""
+    config = SloConfig()
+    if mode != "paper":
+        return config
+    return SloConfig(rules=tuple(r for r in config.rules if r.sli != MAKER_SLI))
+
+
+def merged(a: DegradationFlags, b: DegradationFlags) -> DegradationFlags:
+    """The degradations of two sources together (their reasons' rule names, sorted)."""
+    if not b.degraded:
+        return a
+    if not a.degraded:
+        return b
+    reason = ",".join(sorted({*a.reason.split(","), *b.reason.split(",")} - {""}))
+    return DegradationFlags(a.market_only or b.market_only, a.no_twap_no_maker or b.no_twap_no_maker, reason)
 
 
 def change_row(mode: str, change: DegradationChange) -> tuple[Any, ...]:
@@ -161,12 +189,23 @@ class SloFeed:
         self.metrics = metrics
         self.audit = audit
         self.mode = mode
+        self.rule: MakerFillRule | None = None  # paper: the executor's event-time maker rule (`follow`)
         metrics.set_degradation(monitor.active)
 
+    def follow(self, rule: MakerFillRule | None) -> None:
+        """The event-time rule of the executor of a new assignment (its state restored with it)."""
+        self.rule = rule
+        self.metrics.set_degradation(self.active())
+
+    def active(self) -> frozenset[str]:
+        """The rules in force, of both sources."""
+        return self.monitor.active | (self.rule.active if self.rule is not None else frozenset())
+
     def flags(self, now_ms: int | None = None) -> DegradationFlags:
-        """The degradations in force (what the router reads); the time is the caller's, unused: the flags
-        change only when a window closes, on the service's clock tick."""
-        return self.monitor.flags
+        """The degradations in force, of both sources (what `/health` shows; testnet/live hand it to the
+        router: no event-time rule there); the time is the caller's, unused: the wall-clock flags change
+        only when a window closes, on the service's clock tick."""
+        return merged(self.monitor.flags, self.rule.flags if self.rule is not None else NONE)
 
     def trade(self, record: dict[str, Any], now_ms: int) -> None:
         lag_ms = now_ms - int(record["event_time"])
@@ -183,6 +222,8 @@ class SloFeed:
         changes = self.monitor.advance(now_ms)
         if self.monitor.last is not None:
             self.metrics.set_slo(self.monitor.last, self.monitor.breached_windows)
+        if self.rule is not None:  # the event-time rule's changes since the last tick
+            changes += self.rule.take_changes()
         for change in changes:
             self._changed(change)
 
@@ -199,6 +240,6 @@ class SloFeed:
             no_twap_no_maker=change.flags.no_twap_no_maker,
             at=change.time_ms,
         )
-        self.metrics.set_degradation(self.monitor.active)
+        self.metrics.set_degradation(self.active())
         self.metrics.degradation_changes.labels(change.rule, "set" if change.active else "cleared").inc()
         self.audit.record(change)

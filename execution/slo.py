@@ -218,6 +218,15 @@ def is_insufficient_balance(state: str, reason: str | None) -> bool:
     return state == "REJECTED" and reason is not None and _INSUFFICIENT.search(reason) is not None
 
 
+def maker_fill(record: Mapping[str, Any]) -> float | None:
+    """The filled share of a maker (LIMIT) entry order that ended, from its orders record (the
+    ``maker_fill_ratio`` sample); None for any other record (another leg or type, not ended, no qty)."""
+    if record["leg"] != "entry" or record["type"] != "LIMIT" or record["state"] not in _TERMINAL:
+        return None
+    qty = float(record["qty"])
+    return float(record["filled_qty"] or 0.0) / qty if qty > 0 else None
+
+
 class SloMonitor:
     """The SLIs of the current window, the closed windows the rules look back over, breach streaks and
     the degradation flags. Feed it observations and `advance` it with the same clock; `flags` is what the
@@ -278,8 +287,9 @@ class SloMonitor:
             round_trip = max(0, now_ms - sent)
             self.round_trip(round_trip, now_ms)
             self.order_answer(is_insufficient_balance(state, record.get("reason")), now_ms)
-        if record["leg"] == "entry" and record["type"] == "LIMIT" and state in _TERMINAL and record["qty"] > 0:
-            self.maker_order(float(record["filled_qty"]) / float(record["qty"]), now_ms)
+        ratio = maker_fill(record)
+        if ratio is not None:
+            self.maker_order(ratio, now_ms)
         return round_trip
 
     def sending(self, now_ms: int) -> None:
