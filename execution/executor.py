@@ -360,6 +360,7 @@ class Executor:
         *,
         signals: Callable[[set[str]], Mapping[str, Mapping[str, Any]]] | None = None,
         committed_cut: bool = False,
+        fills: Iterable[Mapping[str, Any]] = (),
     ) -> dict[str, int]:
         """Rebuild state from the executor's own output topics (records of every mode may be passed;
         `execution.executor_restore`).
@@ -372,10 +373,14 @@ class Executor:
         an unfinished order is then re-entered in the new paper book as it was, entries included (their
         signal read back), so the next trade delivered fills it as it would have without the restart.
         Its not-before is the signal's evaluation time for an entry and none for the others (their
-        trigger trade is at or before the cut; every trade delivered after it comes later)."""
+        trigger trade is at or before the cut; every trade delivered after it comes later).
+
+        `fills`: the fills topic's records; what an order put back had filled is replayed from them one
+        by one, so the restored state is bit-identical (without them: one execution per order from its
+        orders record, equal to about 12 digits; `routed_restore.OrderFills`)."""
         orders = list(orders)  # read twice: the maker rule's samples (execution.maker_fill_rule), the state
         self.entry_flow.restore_maker_rule(orders, now_ms)
-        return StateRestore(self, now_ms, signals, committed_cut).run(positions, orders, risk)
+        return StateRestore(self, now_ms, signals, committed_cut).run(positions, orders, risk, fills)
 
     # ================================================================ reconciliation
     def reconcile(self, reconciler: Reconciler, now_ms: int) -> ReconcileReport:

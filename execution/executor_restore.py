@@ -14,10 +14,11 @@ first take-profit when it was hit; a managed position also its add-ons, from the
   `executor_restart`);
 - paper, an order re-entered after it had filled in part (book fills: `PaperFills.fills`): only the
   rest can fill (`PaperBroker.resubmit`), so the order never fills more than its quantity, and what
-  it had filled (its last orders record: filled quantity and average price) is put back on its exit
-  or entry as one execution at that price, with the fee its liquidity pays there; the market price
-  of that part is not in the record, so it is taken as its fill price (the part's slippage against
-  the market then counts in the gross move, not in slippage_r; the net is the same);
+  it had filled is put back on its exit or entry as its fills records say, one by one in their order
+  at their prices, fees and market prices (`routed_restore.OrderFills`: the same sums in the same
+  order as the uninterrupted run, bit for bit; the paper book's notional too); when its fills records
+  do not add up to its orders record (none were passed, or older records), as one execution at the
+  record's average fill and market prices (equal to about 12 digits);
 - exchange modes without `resume`: CANCELED, left to reconciliation;
 - a routed entry (`entry.kind: routed`) whose position has not opened, with an order in flight or
   between two of its orders: rebuilt with its plan (from its orders' reasons and the strategy
@@ -42,7 +43,7 @@ from execution.domain import InvalidSignal, Signal
 from execution.entries import EntryLeg, PendingEntry
 from execution.position_manager import ExitIntent, ExitLeg, Position, resume_management
 from execution.risk_guard import KILL_SWITCH, RiskGuard
-from execution.routed_restore import RoutedRestore, request_of, restore_mid, restored_fill
+from execution.routed_restore import OrderFills, RoutedRestore, replayed_sums, request_of, restore_mid
 from execution.sizing import Size, SizingError, position_size, r_usd_for_tier
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class StateRestore:
         self.positioned: set[str] = set()  # positions with any event (opened: their entry is done)
         self.found: dict[str, Mapping[str, Any]] = {}  # signal records of unfinished entries, by id
         self.resumed = self.cancelled = 0
+        self.fills = OrderFills((), ex.mode, set(), ex.config.fees)  # run() reads them
         # add-ons of managed positions that ended: position id -> {index: (filled qty, avg fill price)}
         self.add_ons: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
 
@@ -91,6 +93,7 @@ class StateRestore:
         positions: Iterable[Mapping[str, Any]],
         orders: Iterable[Mapping[str, Any]],
         risk: Iterable[Mapping[str, Any]],
+        fills: Iterable[Mapping[str, Any]] = (),
     ) -> dict[str, int]:
         ex = self.ex
         ex.changes += 1
@@ -98,6 +101,13 @@ class StateRestore:
         last_order = self._read_orders(orders)
         self._restore_positions(positions)
         unfinished = {cid: rec for cid, rec in last_order.items() if rec["state"] not in TERMINAL_STATES}
+        # the fills of what may be put back: unfinished orders and the entries of positions not opened
+        wanted = set(unfinished) | {
+            cid
+            for cid, rec in last_order.items()
+            if rec["leg"] == "entry" and rec.get("position_id") not in self.positioned
+        }
+        self.fills = OrderFills(fills, ex.mode, wanted, ex.config.fees)
         routed = RoutedRestore(self, last_order)
         self._read_signals(unfinished, routed.signal_ids)
         handled = routed.run()  # routed entries with their plan (execution.routed_restore)
@@ -192,7 +202,6 @@ class StateRestore:
             return
         reason, reference = _sent_exit(pos, rec["leg"], self.intent_reason.get(cid), req)
         ex._track(req, rec["leg"], pos.signal_id, pos.position_id, reference, reason)
-        restore_mid(ex, cid, rec)
         # the paper book died with the old process: re-enter it silently (what is left of it)
         self._paper_submit(req, rec, self.now_ms, pos.on_execution)
         self.resumed += 1
@@ -200,15 +209,17 @@ class StateRestore:
     def _paper_submit(
         self, req: OrderRequest, rec: Mapping[str, Any], now_ms: int, on_part: Callable[[Execution], None]
     ) -> None:
-        """Re-enter an unfinished order in the new paper book; one that had filled in part only for the
-        rest, what it filled given to `on_part` first (module docstring)."""
-        part = restored_fill(req, rec, self.ex.config.fees)  # never published: the part's own fills were
-        filled, price = (0.0, 0.0) if part is None else (part.qty, part.price)
-        if part is not None:
+        """Re-enter an unfinished order (tracked) in the new paper book; one that had filled in part only
+        for the rest, its fills given to `on_part` one by one first (module docstring)."""
+        parts = self.fills.of(req, rec)  # never published again: they were
+        restore_mid(self.ex, req.client_order_id, rec, parts)
+        for part in parts:
             on_part(part)
+        filled = float(rec.get("filled_qty") or 0.0) if parts else 0.0
         resubmit = getattr(self.ex.broker, "resubmit", None)
         if resubmit is not None:  # re-entered as accepted once (a resting post-only limit is not re-checked)
-            resubmit(req, filled, price, now_ms)
+            notional = replayed_sums(parts)[1]  # as the book summed it: its later average price is the same
+            resubmit(req, filled, notional / filled if filled > 0 else 0.0, now_ms, notional=notional)
         else:  # a paper broker without it: at least never more than the order
             self.ex.broker.submit(replace(req, qty=req.qty - filled), now_ms)
 
@@ -230,7 +241,7 @@ class StateRestore:
         elif pos is not None:
             reason, reference = _sent_exit(pos, leg, reason, req)
         ex._track(req, leg, sid, pid, reference, reason)
-        restore_mid(ex, cid, rec)
+        restore_mid(ex, cid, rec, self.fills.of(req, rec))
         ex._route(resume(req, now_ms), now_ms)
         if leg.startswith("entry") and ex.broker.is_open(cid):  # resting for a signal that is old by now
             if entry is not None:
@@ -249,7 +260,6 @@ class StateRestore:
         req = replace(req, not_before_ms=entry.signal.eval_time if leg == "entry" else 0)
         entry.request = req
         self.ex._track(req, leg, sid, entry.position_id, entry.signal.price, None)
-        restore_mid(self.ex, cid, rec)
         self._paper_submit(req, rec, int(rec["event_time"]), entry.fills.append)
         return True
 

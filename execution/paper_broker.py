@@ -112,18 +112,27 @@ class PaperBroker:
                 matcher.add_market(cid, side, request.qty, request.not_before_ms, dust)
         return [OrderUpdate(request.client_order_id, "NEW", 0.0, None, eid, now_ms)]
 
-    def resubmit(self, request: OrderRequest, filled_qty: float, avg_fill_price: float, now_ms: int) -> None:
+    def resubmit(
+        self,
+        request: OrderRequest,
+        filled_qty: float,
+        avg_fill_price: float,
+        now_ms: int,
+        notional: float | None = None,
+    ) -> None:
         """Re-enter an order a restart cut short after it had filled `filled_qty` at `avg_fill_price`
         (as its orders record says; `execution.executor_restore`): only the rest can fill, and its
         updates report the whole order's filled quantity and average price, as an uninterrupted run's
-        would. Silent: the order's NEW was published by the run that sent it."""
+        would. `notional`: what its fills summed to one by one (their records), so the later average
+        price is bit-identical to the uninterrupted run's (else `filled_qty` x `avg_fill_price`).
+        Silent: the order's NEW was published by the run that sent it."""
         self.submit(request, now_ms, reentry=True)
         cid = request.client_order_id
         key = self._index.get(cid)
         if key is None:  # refused (cannot be: the request was accepted once)
             return
         resting = self._open[key][cid]
-        resting.filled, resting.notional = filled_qty, filled_qty * avg_fill_price
+        resting.filled, resting.notional = filled_qty, filled_qty * avg_fill_price if notional is None else notional
         sim = self._matchers[key].orders.get(cid) if self.book_fills else None
         if sim is not None:
             sim.filled = filled_qty

@@ -80,6 +80,7 @@ def fill_record(
         "fee_asset": ex.fee_asset,
         "liquidity": ex.liquidity,
         "reference_price": reference_price,
+        "market_price": ex.market_price,
         "event_time": ex.event_time,
     }
 

@@ -22,8 +22,9 @@ whose position has not opened is rebuilt as it was:
   decision on record) or not needed.
 
 Its position opens, once the entry is done, with the fills of all its orders (those before the
-restart from their records: one execution per order at its average price, as
-``StateRestore._paper_submit`` puts back a part fill).
+restart from their fills records, one by one in their order: ``OrderFills``, as
+``StateRestore._paper_submit`` puts back a part fill), so the entry's filled quantity, the next
+slice's quantity and the position are bit-identical to an uninterrupted run's.
 
 Per mode, as for other unfinished orders (``execution.executor_restore``): paper with a committed cut
 re-enters the order in flight in the new paper book; exchange modes follow it (``broker.resume``); paper
@@ -38,7 +39,7 @@ exchange modes). Without its signal (lookup failed) an entry is left to the gene
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -71,16 +72,15 @@ def request_of(cid: str, rec: Mapping[str, Any]) -> OrderRequest:
     )
 
 
-def restore_mid(ex: Any, cid: str, rec: Mapping[str, Any]) -> None:
-    """The mid the order was sent against and the market price of what it filled, as its records carry
-    them: the order's later records (its fills, its end) repeat them, so a restarted executor writes
-    them as an uninterrupted one would."""
+def restore_mid(ex: Any, cid: str, rec: Mapping[str, Any], parts: list[Execution]) -> None:
+    """The mid the order was sent against and the market quantity and notional of what it filled (its
+    fills ``parts``, ``OrderFills.of``): the order's later records (its fills, its end) repeat them, so a
+    restarted executor writes them as an uninterrupted one would."""
     info = ex.orders[cid]
     if rec.get("mid_at_send") is not None and rec.get("mid_source"):
         info.mid_at_send = (float(rec["mid_at_send"]), str(rec["mid_source"]))
-    filled, market = float(rec.get("filled_qty") or 0.0), rec.get("avg_market_price")
-    if filled > 0 and market is not None:
-        info.market_qty, info.market_notional = filled, filled * float(market)
+    if parts:
+        info.market_qty, _, info.market_notional = replayed_sums(parts)
 
 
 def restored_fill(req: OrderRequest, rec: Mapping[str, Any], fees: Fees) -> Execution | None:
@@ -107,6 +107,76 @@ def restored_fill(req: OrderRequest, rec: Mapping[str, Any], fees: Fees) -> Exec
         price if market is None else float(market),
         int(rec["event_time"]),
     )
+
+
+def execution_of(rec: Mapping[str, Any], avg_market: float | None) -> Execution:
+    """One fills record as the execution it recorded. Its market price: the record's (``market_price``);
+    in records written before fills carried it, the fill price for a maker fill (what it always is) and
+    the order's average market price for a taker fill (``avg_fill_market``, else the fill price)."""
+    price, market = float(rec["price"]), rec.get("market_price")
+    if market is None:
+        market = price if rec["liquidity"] == "maker" or avg_market is None else avg_market
+    return Execution(
+        rec["client_order_id"],
+        rec["exchange_order_id"],
+        rec["trade_id"],
+        rec["side"],
+        price,
+        float(rec["qty"]),
+        float(rec["fee"]),
+        rec["fee_asset"],
+        rec["liquidity"],
+        float(market),
+        int(rec["event_time"]),
+    )
+
+
+class OrderFills:
+    """The fills of the orders a restore puts back, one by one in the order they were published (the fills
+    topic; a repeated trade id once), so that what they are replayed into (an entry's fills, a position,
+    the paper book's cumulative notional, the order's market notional) sums them as the uninterrupted run
+    did, bit for bit. One execution per order at its record's average price (``restored_fill``) would
+    sum the same quantities in another order (2.666666666666666 against ...667 for a slice's rest).
+
+    An order's fills are used only when they add up to what its newest orders record says it filled (the
+    record is the order's state: fills without their order's update, or missing from a partial read, are
+    not trusted); else, and for orders without fills on record, the record's one execution."""
+
+    def __init__(self, records: Iterable[Mapping[str, Any]], mode: str, wanted: set[str], fees: Fees) -> None:
+        self.fees = fees
+        self.by_order: dict[str, list[Mapping[str, Any]]] = {}
+        seen: set[tuple[str, str]] = set()
+        for rec in records:
+            cid = rec["client_order_id"]
+            if rec["mode"] != mode or cid not in wanted or (cid, rec["trade_id"]) in seen:
+                continue
+            seen.add((cid, rec["trade_id"]))
+            self.by_order.setdefault(cid, []).append(rec)
+
+    def of(self, req: OrderRequest, rec: Mapping[str, Any]) -> list[Execution]:
+        """What the order ``req`` (its newest record ``rec``) had filled, as executions in their order."""
+        filled = float(rec.get("filled_qty") or 0.0)
+        if not filled > 0:
+            return []
+        found = self.by_order.get(req.client_order_id, [])
+        total = sum(float(f["qty"]) for f in found)
+        if found and abs(total - filled) <= 1e-9 * filled:  # FILLED reports the order's qty: ulps apart
+            market = rec.get("avg_market_price")
+            return [execution_of(f, None if market is None else float(market)) for f in found]
+        part = restored_fill(req, rec, self.fees)
+        return [] if part is None else [part]
+
+
+def replayed_sums(fills: list[Execution]) -> tuple[float, float, float]:
+    """Quantity, notional and market notional of ``fills`` summed one by one from zero, as the paper book
+    (``PaperBroker``: an order's filled and notional) and the executor (``_OrderInfo``: its market
+    quantity and notional) add them up."""
+    qty = notional = market = 0.0
+    for f in fills:
+        qty += f.qty
+        notional += f.qty * f.price
+        market += f.qty * f.market_price
+    return qty, notional, market
 
 
 @dataclass(slots=True)
@@ -211,8 +281,7 @@ class RoutedRestore:
         fills = []  # those of the order in flight come back with it (re-entered, followed, cancelled)
         for index, order in sorted(records.orders.items()):
             if index != last or not records.unfinished:
-                part = restored_fill(request_of(order["client_order_id"], order), order, self.ex.config.fees)
-                fills.extend([part] if part is not None else [])
+                fills += st.fills.of(request_of(order["client_order_id"], order), order)
         req = request_of(rec["client_order_id"], rec)
         if last == MAKER:
             req = replace(req, post_only=True)  # the maker order was sent post-only at the touch
@@ -240,9 +309,7 @@ class RoutedRestore:
             filled, avg = float(rec.get("filled_qty") or 0.0), rec.get("avg_fill_price")
             end = OrderUpdate(req.client_order_id, "CANCELED", filled, avg, rec.get("exchange_order_id"), now)
             ex._emit_order(req, entry.leg, sid, pid, "CANCELED", now, end, "executor_restart")
-            part = restored_fill(req, rec, ex.config.fees)
-            if part is not None:
-                entry.fills.append(part)
+            entry.fills += st.fills.of(req, rec)
             if entry.fills:
                 ex.entry_flow._open(entry)
             st.cancelled += 1
@@ -252,11 +319,10 @@ class RoutedRestore:
         if st.resume is None:  # paper, committed cut: back in the new paper book (the rest of it)
             entry.request = req = replace(req, not_before_ms=entry.signal.eval_time if entry.leg == "entry" else 0)
             ex._track(req, entry.leg, sid, pid, entry.signal.price, None)
-            restore_mid(ex, req.client_order_id, rec)
             st._paper_submit(req, rec, int(rec["event_time"]), entry.fills.append)
             return
         ex._track(req, entry.leg, sid, pid, entry.signal.price, st.intent_reason.get(req.client_order_id))
-        restore_mid(ex, req.client_order_id, rec)
+        restore_mid(ex, req.client_order_id, rec, st.fills.of(req, rec))
         ex._route(st.resume(req, now), now)  # its state and every fill the exchange knows
         if ex.entries.get(pid) is entry and entry.maker and ex.broker.is_open(req.client_order_id):
             if not self._young(entry):  # resting for a signal too old to be taken now

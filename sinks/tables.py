@@ -410,6 +410,7 @@ def fill_row(r: Record) -> Row:
         r["liquidity"],
         r.get("reference_price"),
         ms_to_datetime(r["event_time"]),
+        r.get("market_price"),
     )
 
 
@@ -941,6 +942,7 @@ FILLS = _spec(
         ("liquidity", _T),
         ("reference_price", _F8),
         ("event_time", _TS),
+        ("market_price", _F8),  # added by 0031
     ],
     ("mode", "exchange", "symbol", "exchange_order_id", "trade_id"),
     "event_time",

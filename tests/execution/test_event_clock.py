@@ -130,6 +130,7 @@ def run_cut(inputs: list[tuple[str, Any]], cut: int) -> tuple[list[tuple[str, di
         restarted.now(),
         signals=lambda ids: {i: signals[i] for i in ids if i in signals},
         committed_cut=True,
+        fills=first.of("fills"),
     )
     hand(ex, restarted, inputs[cut:])
     return pairs(first) + pairs(second), cut_short
@@ -149,36 +150,52 @@ def part_filled(ex: Executor) -> bool:
     return any(e.fills for e in ex.entries.values())
 
 
-def taker_filled(ex: Executor) -> bool:
-    """A routed entry in flight with a taker slice's fills (the tests below)."""
-    return any(f.liquidity == "taker" for e in ex.entries.values() for f in e.fills)
+def kinds_at(ex: Executor, end: int) -> set[str]:
+    """What was going on at a cut (``ex``: the executor cut short there; ``end``: the session's end)."""
+    entry_orders = [i.request.type for i in ex.orders.values() if i.leg.startswith("entry")]
+    fills = [f.liquidity for e in ex.entries.values() for f in e.fills]
+    kinds = {"maker wait" for t in entry_orders if t == "LIMIT"} | {"slice sent" for t in entry_orders if t == "MARKET"}
+    kinds |= {"maker part filled" for f in fills if f == "maker"} | {
+        "taker slice filled" for f in fills if f == "taker"
+    }
+    kinds |= {"between slices" for e in ex.entries.values() if e.due_ms is not None and e.plan is not None}
+    kinds |= {"paused" for _ in [0] if ex.guard.state_name(end) != "active"}
+    return kinds | {"position open" for _ in ex.positions}
 
 
-def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run():
-    """Cuts (the committed offsets and, with them, the clock's metadata) every 29th input and right after
-    each entry's first taker slice was sent: inside maker waits, with a slice in flight, inside guard
-    pauses, with positions open and with nothing going on."""
+def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run_bit_for_bit():
+    """Cuts (the committed offsets and, with them, the clock's metadata) every 29th input, right after each
+    taker slice was sent and right after each fill: inside maker waits, after a maker filled in part, with
+    a slice in flight, after each TWAP slice filled (between slices), inside guard pauses, with positions
+    open and with nothing going on. Every record equals the uninterrupted run's exactly, floats to the last
+    bit: what an order put back had filled is replayed from its fills records one by one at their market
+    prices (``routed_restore.OrderFills``), so the entry's filled quantity, the next slice's quantity, the
+    entry price, fees and slippage are the same sums in the same order. (One execution per order from
+    its orders record, as before, was equal to 12 significant digits only: 2.666666666666666 against
+    2.666666666666667 for a slice's rest.)"""
     inputs, whole = uninterrupted()
     want = comparable(pairs(whole))
-    first_slices = [
-        r["event_time"]
-        for topic, _, r in whole.records
-        if topic == "orders" and r["state"] == "NEW" and r["client_order_id"].endswith("-ef")
-    ]
-    cuts = list(range(1, len(inputs), 29))  # and right after each first taker slice was sent
-    cuts += [next(i for i, (_, h) in enumerate(inputs) if h.time > t) for t in first_slices]
+    orders, fills = whole.of("orders"), whole.of("fills")
+    slices_sent = [r["event_time"] for r in orders if r["state"] == "NEW" and "-ef" in r["client_order_id"]]
+    assert len(slices_sent) > 10 and {f["liquidity"] for f in fills} == {"maker", "taker"}
+    after = sorted({next(i for i, (_, h) in enumerate(inputs) if h.time > t) for t in slices_sent})
+    after += sorted({next(i for i, (_, h) in enumerate(inputs) if h.time > f["event_time"]) for f in fills})
+    cuts = sorted(set(range(1, len(inputs), 29)) | set(after))
     end = max(h.time for _, h in inputs)  # the uninterrupted run's clock at its end
     kinds: set[str] = set()
     for cut in cuts:
         published, ex = run_cut(inputs, cut)
-        if taker_filled(ex):
-            continue  # equal to 12 digits only: the tests below
-        kinds |= {"maker wait" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "LIMIT"}
-        kinds |= {"slice sent" for i in ex.orders.values() if i.leg.startswith("entry") and i.request.type == "MARKET"}
-        kinds |= {"paused" for _ in [0] if ex.guard.state_name(end) != "active"}
-        kinds |= {"position open" for _ in ex.positions}
+        kinds |= kinds_at(ex, end)
         assert comparable(published) == want, cut
-    assert kinds == {"maker wait", "slice sent", "paused", "position open"}
+    assert kinds == {
+        "maker wait",
+        "maker part filled",
+        "slice sent",
+        "taker slice filled",
+        "between slices",
+        "paused",
+        "position open",
+    }
 
 
 def test_a_restart_inside_a_routed_entry_that_filled_in_part():
@@ -188,36 +205,4 @@ def test_a_restart_inside_a_routed_entry_that_filled_in_part():
     position never opened), and the run equals the uninterrupted one."""
     inputs, whole = uninterrupted()
     cut = next(c for c in range(1, len(inputs), 7) if part_filled(run_cut(inputs, c)[1]))
-    assert comparable(run_cut(inputs, cut)[0]) == comparable(pairs(whole))
-
-
-def rounded(published: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-    """``comparable`` output with every float to 12 significant digits."""
-    return {
-        topic: [{k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in r.items()} for r in records]
-        for topic, records in published.items()
-    }
-
-
-def test_a_restart_inside_a_routed_entry_after_a_taker_slice_filled():
-    """Cut inside a routed entry after a taker slice filled: the restored entry takes that slice's fills
-    from its orders record, one execution at the average fill price and the average market price (the
-    record carries both), so the position opens at the uninterrupted run's entry price and the next slice
-    has its quantity (before orders carried the market price the entry price was off by 0.05 %). Equal
-    to 12 significant digits: see the next test."""
-    inputs, whole = uninterrupted()
-    cuts = [c for c in range(1, len(inputs), 29) if taker_filled(run_cut(inputs, c)[1])]
-    assert cuts
-    for cut in cuts:
-        assert rounded(comparable(run_cut(inputs, cut)[0])) == rounded(comparable(pairs(whole))), cut
-
-
-@pytest.mark.xfail(strict=True, reason="routed restore: one restored execution sums to other last bits")
-def test_a_restart_inside_a_routed_entry_after_a_taker_slice_filled_is_bit_identical():
-    """Known gap (``execution.routed_restore``, not the clock): the restored execution is one per order,
-    so the filled quantity and the next slice's quantity are sums in another order than the uninterrupted
-    run's fills, equal but for the last bits (2.666666666666666 against 2.666666666666667). Closing it
-    needs the restore to read the order's fills (the fills topic), not its orders record."""
-    inputs, whole = uninterrupted()
-    cut = next(c for c in range(1, len(inputs), 29) if taker_filled(run_cut(inputs, c)[1]))
     assert comparable(run_cut(inputs, cut)[0]) == comparable(pairs(whole))

@@ -250,6 +250,7 @@ BTC_FILL = {
     "fee_asset": "USDT",
     "liquidity": "maker",
     "reference_price": 67012.4,
+    "market_price": 67012.4,
     "event_time": 1718000040398,
 }
 BTC_POSITION_CLOSED = {

@@ -220,6 +220,7 @@ SAMPLES: dict[str, dict] = {
         "fee_asset": "USDT",
         "liquidity": "taker",
         "reference_price": 42580.0,
+        "market_price": 42580.6,  # the trade it took (the fill price adds the modelled slippage)
         "event_time": T + 12,
     },
     "positions": {
