@@ -7,7 +7,9 @@ steps, either side), a book each second per market (bid/ask a tenth apart, ``boo
 a mark every 3 s, and a signal every 40 s alternating the markets, sized into the routing table's
 200-500, 500-1000 and 1000+ buckets (maker 2-3 s, 2-4 slices 0.6-1 s apart, jitter) with a 20 s
 timeout, so entries are worked on the clock, fall back to the taker, and positions close by timeout
-before the market's next signal. Event times from ``T0``, 2026-09-21: a test that produces them now
+before the market's next signal. Its makers fill little: the first four set the maker-fill-ratio rule
+at the first SLO window's end (T0 + 100 s) and the entries after it go to market
+(``execution.maker_fill_rule``; ``test_event_clock``). Event times from ``T0``, 2026-09-21: a test that produces them now
 sees them as hours old, which the paper executor's event clock ignores (its age and freshness limits
 are the defaults).
 """
@@ -96,6 +98,13 @@ def key(record: Record) -> bytes:
 def backtest(records: list[tuple[str, Record]], config: ExecutorConfig = ROUTED) -> list[tuple[str, Record]]:
     """What the backtest's executor emits over the session (one shared paper account, the dense feed:
     every record and every busy market's trade, ticked every second of event time)."""
+    return backtest_run(records, config)[0]
+
+
+def backtest_run(
+    records: list[tuple[str, Record]], config: ExecutorConfig = ROUTED
+) -> tuple[list[tuple[str, Record]], Accounts]:
+    """``backtest``, and its accounts at the end (what the backtest's result reads)."""
     of = lambda name: [r for topic, r in records if topic == name]  # noqa: E731
     source = RecordSource(
         "session", EXCHANGE, list(SYMBOLS), T0, END, trades=of("md.trades"), books=of("md.book"), marks=of("md.mark")
@@ -118,7 +127,7 @@ def backtest(records: list[tuple[str, Record]], config: ExecutorConfig = ROUTED)
             sink.emit = recording  # type: ignore[method-assign]
         feed.slice(piece)
     feed.finish()
-    return emitted
+    return emitted, accounts
 
 
 def comparable(records: Iterator[tuple[str, Record]] | list[tuple[str, Record]]) -> dict[str, list[Record]]:

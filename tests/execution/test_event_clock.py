@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
+from execution.broker import TERMINAL_STATES
 from execution.event_clock import EventClock
 from execution.executor import Executor, ListSink
 from execution.input_order import TIME_FIELD, InputAligner
 from execution.paper_broker import PaperBroker
 from execution.service_clock import ExecutorClock
-from tests.execution.event_clock_session import ROUTED, backtest, comparable, session
+from tests.execution.event_clock_session import END, ROUTED, T0, backtest, backtest_run, comparable, session
 
 BTC, ETH = "binance:BTCUSDT", "binance:ETHUSDT"
 
@@ -99,6 +100,8 @@ def test_the_service_hands_the_executor_what_the_backtest_does(partition_of):
     records = session()
     reference = comparable(backtest(records))
     assert reference["orders"] and {r["type"] for r in reference["orders"]} == {"LIMIT", "MARKET"}
+    # the maker rule on event time routes some entries to market (test_the_session_s_makers_...) as the backtest
+    assert any("degraded:market_only" in (r["reason"] or "") for r in reference["orders"])
     sink = ListSink()
     clock = ExecutorClock("paper", wall)
     ex = new_executor(clock, sink)
@@ -160,6 +163,8 @@ def kinds_at(ex: Executor, end: int) -> set[str]:
     }
     kinds |= {"between slices" for e in ex.entries.values() if e.due_ms is not None and e.plan is not None}
     kinds |= {"paused" for _ in [0] if ex.guard.state_name(end) != "active"}
+    rule = ex.entry_flow.maker_rule  # the maker rule on event time had set market-only
+    kinds |= {"market only" for _ in [0] if rule is not None and rule.flags.market_only}
     return kinds | {"position open" for _ in ex.positions}
 
 
@@ -195,7 +200,35 @@ def test_a_restart_from_any_committed_cut_equals_the_uninterrupted_run_bit_for_b
         "between slices",
         "paused",
         "position open",
+        "market only",
     }
+
+
+def test_the_session_s_makers_set_the_maker_rule_and_the_next_entries_go_to_market():
+    """By hand: SLO windows are aligned to 5 minutes of Unix time and T0 is 200 s into one, so the first
+    closes at T0 + 100 s. Before it the session's first four entries each rest a maker and end it after
+    the wait with 1 of 4, 0 of 4, 0 of 8 and 1 of 8 filled: a maker fill ratio of (1/4 + 1/8) / 4 =
+    0.09375 < 0.25 over 4 orders, so ``maker_fill_ratio_low`` is set at T0 + 100 s, and every entry
+    after it goes to market (no maker, its orders' reason says why); the backtest reports the change."""
+    emitted, accounts = backtest_run(session())
+    window = 300_000
+    boundary = T0 - T0 % window + window
+    assert boundary == T0 + 100_000
+    orders = [r for topic, r in emitted if topic == "orders" and r["leg"].startswith("entry")]
+    makers = [r for r in orders if r["type"] == "LIMIT" and r["state"] in TERMINAL_STATES]
+    assert [(r["filled_qty"], r["qty"]) for r in makers] == [(1.0, 4.0), (0.0, 4.0), (0.0, 8.0), (1.0, 8.0)]
+    assert all(r["event_time"] < boundary for r in makers)
+    late = [r for r in orders if r["state"] == "PENDING_NEW" and r["event_time"] >= boundary]
+    assert len({r["signal_id"] for r in late}) == 2  # two entries before the guard's pause
+    assert all(r["type"] == "MARKET" and r["reason"].endswith(" degraded:market_only") for r in late)
+    (change,) = accounts.degradations(END)
+    assert (change["time_ms"], change["rule"], change["active"], change["samples"]) == (
+        boundary,
+        "maker_fill_ratio_low",
+        True,
+        4,
+    )
+    assert change["value"] == (1 / 4 + 0 / 4 + 0 / 8 + 1 / 8) / 4
 
 
 def test_a_restart_inside_a_routed_entry_that_filled_in_part():
