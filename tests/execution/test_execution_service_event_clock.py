@@ -9,7 +9,9 @@ executor's default age and freshness limits: its event times are in 2026-09 and 
 clock, which the paper executor no longer reads. Paced, each record is produced once the one before
 it is acknowledged, in the executor's order (event time; at equal times signal, mark, book, trade), so
 every fetch holds a prefix of the session, as a live feed's records come; in the broker before the
-start, the executor's inputs wait for each other (`execution.input_order`).
+start, the executor's inputs wait for each other (`execution.input_order`). The session's makers fill
+little: the maker-fill-ratio rule on event time sends its later entries to market, in the service as in
+the backtest (`execution.maker_fill_rule`).
 
 Cost (2026-11-29, load ~15): ~25 s wall for both runs.
 """
@@ -108,6 +110,9 @@ def test_paper_routed_entries_equal_the_backtest_at_max_speed_and_paced(kafka_bo
     want = by_market(backtest(records))
     kinds = {r["type"] for (topic, _), recs in want.items() if topic == "orders" for r in recs}
     assert kinds == {"LIMIT", "MARKET"} and len(want) == 6  # maker and taker orders, fills, positions of both
+    # and entries the maker-fill-ratio rule sent to market: the service routes by it on event time too
+    reasons = [r["reason"] or "" for (topic, _), recs in want.items() if topic == "orders" for r in recs]
+    assert any(reason.endswith("degraded:market_only") for reason in reasons)
 
     at_max = Run(kafka_bootstrap, topic_prefix + "max.", tmp_path)
     at_max.produce(records, one_by_one=False)  # all in the broker before the executor starts
