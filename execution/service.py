@@ -23,7 +23,8 @@ them as the dead run did: a SIGKILL leaves no duplicate and no gap in orders, fi
 (tests/execution/test_execution_transactions.py). What the outputs do not hold is taken from the
 inputs before the cut: the last `WARM_RECORDS` md.trades/md.book records of each assigned partition
 (`execution.service_restore`; `Executor.warm_market`: data freshness, last price, book), and paper
-orders still open at the cut are put back in the new paper book (`Executor.restore(committed_cut=True)`).
+orders still open at the cut are put back in the new paper book (`Executor.restore(committed_cut=True)`),
+with what they had filled replayed from their fills records one by one (the restart is bit-identical).
 Exchange modes commit the open transaction at the sink's `barrier()` (before an order is sent), so
 an order the exchange may have is always in a committed intent; client order ids stay the exchange's
 guard against a second order if that commit is lost. An aborted transaction that held outputs (a record not delivered,
@@ -110,7 +111,7 @@ from execution.safety import (
 from execution.service_clock import ExecutorClock
 from execution.service_commits import OffsetCommitter
 from execution.service_inputs import INPUTS, InputGate
-from execution.service_restore import read_before_committed, read_signals
+from execution.service_restore import read_before_committed, read_outputs, read_signals
 from execution.service_slo import DegradationAudit, SloFeed, wall_clock_config
 from execution.slo import SloMonitor
 from schemas.catalogue import dlq_topic
@@ -121,7 +122,6 @@ from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topi
 from tapeflow_runtime.publisher import Publisher, PublishMetrics, TransactionAborted, TransactionFenced
 from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
 from tapeflow_runtime.settings import Settings
-from tapeflow_runtime.topic_reader import read_to_end
 
 log = structlog.get_logger("executor")
 
@@ -462,13 +462,9 @@ class ExecutorService:
             # not here: a transactional offset commit from inside the rebalance callback waits for the
             # join this callback is part of (seen hanging after a broker restart); the loop does it next
             self.committer.fence_check = list(partitions)
-        state = read_to_end(
-            self.bootstrap,
-            {self.prefix + "positions": signals, self.prefix + "orders": signals, self.prefix + "risk.events": None},
-            self.serde,
-            idle_s=self.options.restore_idle_s,
+        positions, orders, fills, risk = read_outputs(
+            self.bootstrap, self.serde, self.prefix, signals, self.options.restore_idle_s
         )
-        positions, orders, risk = (state[self.prefix + name] for name in ("positions", "orders", "risk.events"))
         warm: tuple[list[dict], list[dict]] = ([], [])
         if self.transactional:  # the newest inputs before the committed cut
             warm = read_before_committed(consumer, self.bootstrap, self._group, self.serde, self.prefix, signals)
@@ -490,6 +486,7 @@ class ExecutorService:
                 self.bootstrap, self.serde, self.prefix + "signals", signals, ids, self.options.restore_idle_s
             ),
             committed_cut=self.transactional,
+            fills=fills.records,
         )
         clock.restored(executor)
         self.slo.follow(executor.entry_flow.maker_rule)  # paper: the event-time maker rule, restored above

@@ -1,7 +1,8 @@
-"""What the executor service reads on an assignment besides its output topics: the inputs handled last
-before the group's committed offsets (`Executor.warm_market`) and the signals of unfinished entries
-(`Executor.restore`). Both read committed records only; neither fails the assignment (a market then
-starts without data, an entry without its signal is left to reconciliation).
+"""What the executor service reads on an assignment: its output topics (`read_outputs`), the inputs
+handled last before the group's committed offsets (`Executor.warm_market`) and the signals of
+unfinished entries (`Executor.restore`). All read committed records only; the inputs and signals do not
+fail the assignment (a market then starts without data, an entry without its signal is left to
+reconciliation).
 """
 
 from __future__ import annotations
@@ -15,13 +16,27 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import consumer_config
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
-from tapeflow_runtime.topic_reader import StateReadError, read_to_end
+from tapeflow_runtime.topic_reader import StateReadError, TopicSnapshot, read_to_end
 
 log = structlog.get_logger("executor")
 
 #: records read back per md.trades / md.book partition before the committed offsets on assignment
 #: (`Executor.warm_market`): a market quieter than that in its partition starts without data, as before
 WARM_RECORDS = 5_000
+
+
+def read_outputs(
+    bootstrap: str, serde: AvroSerde, prefix: str, partitions: list[int], idle_s: float
+) -> tuple[TopicSnapshot, TopicSnapshot, TopicSnapshot, TopicSnapshot]:
+    """What the executor restores from (`Executor.restore`): positions, orders and fills of the assigned
+    partitions (co-partitioned with signals), and risk.events whole. The fills too, so what an order put
+    back had filled is replayed from them one by one, bit-identical (`routed_restore.OrderFills`)."""
+    mine = ("positions", "orders", "fills")
+    state = read_to_end(
+        bootstrap, {**{prefix + name: partitions for name in mine}, prefix + "risk.events": None}, serde, idle_s=idle_s
+    )
+    positions, orders, fills, risk = (state[prefix + n] for n in (*mine, "risk.events"))
+    return positions, orders, fills, risk
 
 
 def read_before_committed(
