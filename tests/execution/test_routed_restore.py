@@ -47,9 +47,16 @@ def book(h: Harness, t: int, bid_qty: float = 1e6, bid: float = 99.9, ask: float
 
 
 def restarted(
-    h: Harness, now: int, *signals: dict[str, Any], cut: bool = True, mode: str = "paper", broker: Any = None
+    h: Harness,
+    now: int,
+    *signals: dict[str, Any],
+    cut: bool = True,
+    mode: str = "paper",
+    broker: Any = None,
+    fills: list[dict[str, Any]] | None = None,
 ) -> tuple[Harness, dict[str, int]]:
-    """A new executor restored at ``now`` from what ``h``'s published (the signals readable by id)."""
+    """A new executor restored at ``now`` from what ``h``'s published (the signals readable by id; the
+    fills records ``fills`` instead of those published, when given)."""
     by_id = {s["signal_id"]: s for s in signals}
     new = Harness(h.config, now=now, warm=False)
     if broker is not None:
@@ -63,6 +70,7 @@ def restarted(
         now,
         signals=lambda ids: {sid: by_id[sid] for sid in ids if sid in by_id},
         committed_cut=cut,
+        fills=[r for t, _, r in records if t == "fills"] if fills is None else fills,
     )
     new.now = now
     return new, summary
@@ -233,6 +241,50 @@ def test_a_slice_in_flight_at_a_restart_is_re_entered_and_the_slices_after_it_fo
     _finish_after(new, sig, due)
     [opened] = new.positions("opened")
     assert (opened["qty"], opened["entry_price"]) == pytest.approx((8.0, 100.0))
+
+
+def test_a_restored_entry_replays_its_fills_records_one_by_one_else_takes_its_orders_record():
+    """Slice 1 of 3 (8/3) walks the ask: 1 at 100.0, 5/3 at 100.1, both against the trade at 100.0 (the
+    market price). Restarted between slices, the entry gets those two executions as the uninterrupted
+    run has them (price, quantity, fee, market price, trade id: equal, floats bit for bit), a repeated
+    or other mode's record once or not at all; fills written before they carried the market price take
+    the order's average market price. Fills that do not add up to the orders
+    record (one lost) are not trusted: one execution at the record's averages, as before fills were read."""
+    sig = signal_record(risk=25.0)
+    h = Harness(routed(0.5))
+    book(h, T0)
+    h.signal_rec(sig)
+    rec = {"exchange": EXCHANGE, "symbol": SYMBOL, "last_update_id": 1, "event_time": T0 + 2400, "receive_time": 0}
+    rec |= {"bids": [{"price": 99.9, "qty": 1e6}], "asks": [{"price": 100.0, "qty": 1.0}, {"price": 100.1, "qty": 1e6}]}
+    h.ex.on_book(rec, T0 + 2400)
+    h.clock(T0 + 2500)
+    h.trade(100.0, T0 + 2600)
+    fills = h.fills()
+    assert [(f["price"], f["qty"], f["market_price"]) for f in fills] == [
+        (100.0, 1.0, 100.0),
+        (100.1, 8 / 3 - 1, 100.0),
+    ]
+    [entry] = h.ex.entries.values()
+    [order] = [o for o in h.of("orders") if o["state"] == "FILLED"]
+
+    def restored(fill_records: list[dict[str, Any]]) -> list[Any]:
+        new, _ = restarted(h, T0 + 2700, sig, fills=fill_records)
+        [again] = new.ex.entries.values()
+        return again.fills
+
+    other_mode = {**fills[0], "mode": "live"}
+    assert restored([other_mode, fills[0], fills[0], fills[1]]) == entry.fills  # the Execution objects: exact
+    older = restored([{k: v for k, v in f.items() if k != "market_price"} for f in fills])
+    assert [f.market_price for f in older] == [order["avg_market_price"]] * 2
+    assert order["avg_market_price"] == pytest.approx(100.0)
+    [one] = restored(fills[:1])
+    assert (one.qty, one.price, one.market_price, one.trade_id) == (
+        order["filled_qty"],
+        order["avg_fill_price"],
+        order["avg_market_price"],
+        f"restored:{order['client_order_id']}",
+    )
+    assert one.fee == pytest.approx(TAKER_FEE * (100.0 + 100.1 * 5 / 3))
 
 
 def test_an_entry_whose_signal_is_too_old_at_the_restart_keeps_what_filled():
