@@ -4,8 +4,9 @@
 The plan's degradation rules: a maker fill ratio below 0.25 over the last hour sends entries as market
 orders (``market_only``); an order round-trip p95 (send to acknowledgement) above 500 ms stops slicing and
 resting (``no_twap_no_maker``: one market order). Kept apart from both modules so that neither imports the
-other: the SLO monitor produces the flags, the router reads them, and a backtest passes the default (no
-degradation) or a scripted sequence of flags, the same way."""
+other: the SLO monitors produce the flags (the maker rule on event time in paper and the backtest,
+``execution.maker_fill_rule``; the service's wall-clock monitor in testnet and live), the router reads
+them, and a test may pass a scripted sequence of flags (``execution.slo.FlagSchedule``) the same way."""
 
 from __future__ import annotations
 

@@ -29,9 +29,11 @@ The rule (the backtest's dense feed, record by record):
 What it is not: the service's operational clock. Metrics (data age, consumer lag), SLO samples and
 windows (order round trips, stream lag, websocket availability), health, the commit cadence and the
 consumer's wait stay on the wall clock: they measure the process, not the market. For the same reason
-a paper executor does not route by the SLO's degradation flags (wall-clock windows would make a
-replay's orders depend on its speed; it still reports and audits the changes). Kill-switch records
-(an operator's, at no event time of the market) are applied at the clock's ``now``.
+a paper executor does not route by the wall-clock SLO monitor's flags (its windows would make a
+replay's orders depend on its speed); the one degradation rule about the market, the maker fill
+ratio, runs on this clock inside the executor and routes paper as it routes the backtest
+(``execution.maker_fill_rule``). Kill-switch records (an operator's, at no event time of the market)
+are applied at the clock's ``now``.
 
 State across restarts: ``(now, last tick, ticking markets, inputs handed)`` is committed with the
 input offsets it belongs to (the metadata of every offset of the transaction, ``encode``/``decode``;

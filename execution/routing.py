@@ -14,8 +14,10 @@ Per entry, from the routing table of the signal's strategy (``stream_apps.core.r
    next one ``slice_interval_ms`` +/- jitter after the previous one filled (one order of an entry in
    flight at a time, so an entry never has two live orders).
 
-Degradation (``execution.degradation``, set by the SLO monitor): ``market_only`` skips the maker phase
-(the slices go to market at once); ``no_twap_no_maker`` sends one market order, no probe.
+Degradation (``execution.degradation``): ``market_only`` skips the maker phase (the slices go to market
+at once); ``no_twap_no_maker`` sends one market order, no probe. Set on event time by the executor's
+maker rule in paper and the backtest (``execution.maker_fill_rule``, through ``Router.flags_at``), by
+the service's wall-clock SLO monitor in testnet and live (``Router.flags``).
 
 Determinism: the router reads no wall clock and no global random state. Times are the executor's
 ``now_ms`` and the books' event times, so a backtest and the live service make the same decisions on
@@ -302,8 +304,10 @@ class RoutedStrategy(Protocol):
 
 class Router:
     """The routing tables in force and what the router remembers between entries (the spreads), plus
-    the degradation flags the SLO monitor last set (``flags``, or ``flags_at(now_ms)``: a scripted
-    sequence in a backtest). One per executor (``executor.entry_flow.router``).
+    the degradation flags in force: ``flags``, what the wall-clock SLO monitor last set (testnet, live),
+    or ``flags_at(now_ms)``, which wins: the maker rule on event time in paper and the backtest
+    (``execution.maker_fill_rule``), or a scripted ``execution.slo.FlagSchedule`` in a test. One per
+    executor (``executor.entry_flow.router``).
 
     Tables are found by the signal's ``config_hash`` (the strategy revision that made it): those
     registered (``register_all``: the backtest registers its strategies), else what ``resolver`` returns

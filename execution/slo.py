@@ -29,6 +29,11 @@ its SLI cannot recover on its own; the next entries test the venue again and it 
 ratio is still low. Each change is a `DegradationChange` (time, rule, value, threshold) the service
 logs, counts and audits (`execution_degradations`, shown on the UI's trades page).
 
+Clocks: the service runs a monitor on the wall clock (what it measures is mostly the process). The
+maker rule is about the market: paper and the backtest run it on event time, in an instance fed only
+the executor's maker entries (``execution.maker_fill_rule``), and route by it; testnet and live route by
+the wall-clock monitor's flags.
+
 Why hand-rolled: the windows are a few counters and sample lists; a metrics library would hold the
 samples in a wall-clock registry, and the backtest and tests need the monitor on their own clocks.
 """
