@@ -102,16 +102,17 @@ class PaperFills(_Model):
 class EntryPolicy(_Model):
     """`taker`: market entry. `maker_first`: post-only limit at the touch (best bid for LONG, best ask
     for SHORT), cancelled after `maker_timeout_ms`, then a market order for the whole size if the mid
-    moved at most `fallback_slippage_cap_bps` from the signal price, otherwise no trade. `routed`: by
-    the routing table of the signal's strategy (its `routing:` section, else this config's `routing`):
-    by notional a maker wait, then TWAP taker slices for what is left, after a liquidity probe
-    (`execution.routing`); when the maker wait ends below theta, the taker slices start only within
-    `fallback_slippage_cap_bps` and with the risk guard's leave, as `maker_first`'s fallback."""
+    moved at most `fallback_slippage_cap_bps` from the signal price, otherwise no trade. `routed` (the
+    default: paper, backtest and live work orders as the plan's router does): by the routing table of
+    the signal's strategy (its `routing:` section, else this config's `routing`): by notional a maker
+    wait, then TWAP taker slices for what is left, after a liquidity probe (`execution.routing`); when
+    the maker wait ends below theta, the taker slices start only within `fallback_slippage_cap_bps` and
+    with the risk guard's leave, as `maker_first`'s fallback."""
 
     kind: Literal["taker", "maker_first", "routed"] = Field(
-        default="taker",
-        description="taker: market entry; maker_first: post-only limit at the touch, then the market "
-        "fallback; routed: by the routing table (maker wait, TWAP slices, liquidity probe)",
+        default="routed",
+        description="routed (the default): by the routing table (maker wait, TWAP slices, liquidity probe); "
+        "taker: market entry; maker_first: post-only limit at the touch, then the market fallback",
     )
     maker_timeout_ms: int = Field(
         default=4000, gt=0, description="maker_first: the limit is cancelled this long after it was sent (ms)"
