@@ -8,7 +8,9 @@ behind them; every position traces back to a signal the engine published and the
 client order ids derive from that signal id, and every fill happened on a trade the producer published,
 at its price or at a level of a book the producer published. The paper broker fills against the book
 (``paper.fills: book``, the default): an order fills in parts, one fill per trade that reached it and
-one per level of a market order's walk, and its fills add up to what it filled, never more.
+one per level of a market order's walk, and its fills add up to what it filled, never more. Entries are
+routed (``entry.kind: routed``, the default): a post-only limit for the bucket's maker wait, then taker
+slices for what it left, so a position's entry price is the qty-weighted market price of all their fills.
 
 Market data is the fake exchange's synthetic session (``--synthetic-seed``), replayed at a fixed
 multiple of real time so the engine's signals reach the executor while the session's trades are
@@ -33,6 +35,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -85,6 +88,10 @@ EXECUTOR_CONFIG = {
 }
 SINK_TOPICS = ("md.trades", "signals", "orders", "fills", "positions")
 LEG_CODES = {"entry": "en", "tp1": "t1", "tp2": "t2", "sl": "sl", "exit": "ex"}
+#: a routed entry (the default ``entry.kind``) is its maker limit (``-en``) and its taker slices, the k-th
+#: (from 0) with the code ``ef`` and attempt k: ``-ef``, ``-ef1``, ``-ef2``, ... (no ``0``, no leading
+#: zero); the orders topic records the slices' leg as ``entry`` too
+SLICE = re.compile(r"ef(?:[1-9]\d{0,2})?")
 EXIT_REASONS = {"sl", "sl_be", "tp", "timeout", "signal_flip"}
 
 
@@ -327,8 +334,21 @@ def check_traded_from_signals(signals: list[dict], orders: list[dict], positions
         assert p["position_id"] == "pos-" + digest(p["signal_id"])
     for o in orders:
         assert o["signal_id"] in signal_by_id and o["position_id"] == "pos-" + digest(o["signal_id"])
-        assert o["client_order_id"] == f"tf{digest(o['signal_id'])}-{LEG_CODES[o['leg']]}", o
+        assert is_order_of(o["client_order_id"], o["signal_id"], o["leg"]), o
     return signal_by_id
+
+
+def is_order_of(cid: str, signal_id: str, leg: str) -> bool:
+    """Whether `cid` is the id of an order of `leg` (as the orders topic records it) derived from
+    `signal_id`: an entry's are its limit's and its taker slices'."""
+    base = f"tf{digest(signal_id)}-"
+    code = cid[len(base) :]
+    return cid.startswith(base) and (code == LEG_CODES[leg] or (leg == "entry" and SLICE.fullmatch(code) is not None))
+
+
+def entry_fills(signal_id: str, fills_by_order: dict[str, list[dict]]) -> list[dict]:
+    """The fills of a position's entry: its maker limit's and every taker slice's."""
+    return [f for cid, fs in fills_by_order.items() if is_order_of(cid, signal_id, "entry") for f in fs]
 
 
 def check_fills_add_up(orders: list[dict], fills: list[dict]) -> None:
@@ -350,20 +370,19 @@ def check_fills_add_up(orders: list[dict], fills: list[dict]) -> None:
 
 
 def check_closing_numbers(closed: list[dict], fills: list[dict], trade_price: dict[tuple[str, int], float]) -> None:
-    """The closing numbers follow from the fills (the entry's fills, then the exit fills of the position)."""
+    """The closing numbers follow from the fills (the entry's fills - its maker limit's and its taker
+    slices' - then the exit fills of the position)."""
     fills_by_order = defaultdict(list)
     for f in fills:
         fills_by_order[f["client_order_id"]].append(f)
     tp1_r, tp2_r = STRATEGY["exits"]["tp1_r"], STRATEGY["exits"]["tp2_r"]
     for p in closed:
-        entry_fills = fills_by_order[f"tf{digest(p['signal_id'])}-en"]
+        entry = entry_fills(p["signal_id"], fills_by_order)
         # the qty-weighted market price of the entry's fills: the trade's for a market order's (its walk's
         # levels are the costs on top), the limit's own for a maker fill
-        market = [
-            trade_price[(f["symbol"], agg_id(f))] if f["liquidity"] == "taker" else f["price"] for f in entry_fills
-        ]
-        qty = sum(f["qty"] for f in entry_fills)
-        expected_entry = sum(m * f["qty"] for m, f in zip(market, entry_fills, strict=True)) / qty
+        market = [trade_price[(f["symbol"], agg_id(f))] if f["liquidity"] == "taker" else f["price"] for f in entry]
+        qty = sum(f["qty"] for f in entry)
+        expected_entry = sum(m * f["qty"] for m, f in zip(market, entry, strict=True)) / qty
         assert p["entry_price"] == pytest.approx(expected_entry, rel=1e-9)
         assert p["exit_reason"] in EXIT_REASONS
         # DESIGN §5, by hand: sl -1, sl_be 0.5 tp1_r, tp 0.5 tp1_r + 0.5 tp2_r (before fees and slippage)
