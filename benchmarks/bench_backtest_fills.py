@@ -8,8 +8,8 @@ default until book replaced it) and ``PaperFills(fills="book")`` (``execution.pa
 alternating tape/book ``--repeat`` times so both see the same machine load. Printed per model: the
 best (least disturbed) and median wall time and the median CPU time; the ratio is taken of the best
 wall times (on a shared 2-core machine the median wall time swings by 2x with the neighbours' load) and
-of the median CPU times (the work itself). Twice: with the executor's default entry (market orders: the book model walks the
-levels) and with ``entry.kind: maker_first`` (post-only limits at the touch: the book model queues
+of the median CPU times (the work itself). Twice: with ``entry.kind: taker`` (market orders: the book model walks the
+levels; pinned, the executor's default being ``routed``) and with ``entry.kind: maker_first`` (post-only limits at the touch: the book model queues
 them behind the level and fills them from the trades), where the models' fills differ most.
 
 Also printed per model: signals, closed positions, their net R, fills and the orders with more than
@@ -62,8 +62,8 @@ def compare(data: Session, entry: EntryPolicy, repeat: int) -> float:
 def main() -> None:
     hours, repeat = parse_args(__doc__ or "", "runs per model (median reported)")
     with session(hours) as data:
-        print("entry: taker (the executor's default; market orders)")
-        taker = compare(data, EntryPolicy(), repeat)
+        print("entry: taker (market orders)")
+        taker = compare(data, EntryPolicy(kind="taker"), repeat)
         print("entry: maker_first (post-only limits at the touch, then the market fallback)")
         maker = compare(data, EntryPolicy(kind="maker_first"), repeat)
         print(

@@ -1,5 +1,5 @@
-"""Backtest speed with routed entries (``entry.kind: routed``) against market entries (``taker``, the
-executor's default; target: routed >= 0.8x taker).
+"""Backtest speed with routed entries (``entry.kind: routed``, the executor's default) against market
+entries (``taker``, the default before it; target: routed >= 0.8x taker).
 
 What runs is ``benchmarks.bench_backtest``'s re-run on cached data (the synthetic session, 100 trades/s
 over 4 symbols, 10-level books every 2 s, the three shipped strategies, one paper account per
