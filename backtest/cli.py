@@ -626,6 +626,13 @@ def print_summary(result: RunResult, written: dict[str, Path], stored: str = "")
         typer.echo(
             f"  bad rows: {result.params.get('bad_row_count', len(result.bad_rows))} (e.g. {result.bad_rows[0]})"
         )
+    changes = result.params.get("degradation_changes") or []
+    if changes:  # the maker-fill-ratio rule on event time sent entries to market (execution.maker_fill_rule)
+        first = changes[0]
+        typer.echo(
+            f"  degradation: {len(changes)} changes ({sum(1 for c in changes if c['active'])} set); first at "
+            f"{fmt_ms(first['time_ms'])} UTC, account {first['account']}: {first['detail']}"
+        )
     if stored:
         typer.echo(f"  database: {stored}")
     typer.echo("report:")

@@ -158,6 +158,7 @@ def same_run(a, b) -> None:
             assert x == y, (name, n)
     assert result_a.trades == result_b.trades
     assert result_a.params["risk_decisions"] == result_b.params["risk_decisions"]
+    assert result_a.params.get("degradation_changes") == result_b.params.get("degradation_changes")
     assert result_a.params["open_positions_at_end"] == result_b.params["open_positions_at_end"]
 
 

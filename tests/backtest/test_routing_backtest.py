@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from backtest.cli import print_summary
 from backtest.runner import BacktestRunner
 from backtest.sources.synthetic import SyntheticSource
 from execution.config import ExecutorConfig
@@ -57,7 +58,7 @@ def run(feed: str):
 
 
 @pytest.mark.usefixtures("recorded")
-def test_routed_entries_run_the_same_on_the_sparse_and_the_dense_feed():
+def test_routed_entries_run_the_same_on_the_sparse_and_the_dense_feed(capsys):
     sparse, dense = run("sparse"), run("dense")
     same_run(sparse, dense)
     for name, book in sparse[0]._books.items():  # the probe saw every book on both feeds
@@ -84,3 +85,20 @@ def test_routed_entries_run_the_same_on_the_sparse_and_the_dense_feed():
         r for records in outputs.values() for t, _, r in records if t == "orders" and "held=1" in (r["reason"] or "")
     ]
     assert held  # the probe held entries on the wide books
+    # the maker-fill-ratio rule on event time (execution.maker_fill_rule): the second strategy's makers
+    # fill little, the rule is set and, an hour without makers later, cleared, on both feeds at the same
+    # window ends (same_run); the result and the summary report it
+    changes = sparse[1].params["degradation_changes"]
+    assert [(c["account"], c["rule"], c["active"]) for c in changes] == [
+        (second, "maker_fill_ratio_low", True),
+        (second, "maker_fill_ratio_low", False),
+    ]
+    ends = [
+        r["event_time"]
+        for topic, _, r in outputs[second]
+        if topic == "orders" and r["type"] == "LIMIT" and r["state"] in ("FILLED", "CANCELED", "REJECTED", "EXPIRED")
+    ]
+    last_window_end = max(ends) - max(ends) % 300_000 + 300_000  # the window of the last maker's end
+    assert changes[1]["time_ms"] == last_window_end + 3_600_000  # then an hour of windows without one
+    print_summary(sparse[1], {})
+    assert "  degradation: 2 changes (1 set); first at " in capsys.readouterr().out
