@@ -38,6 +38,7 @@ from tests.support.engine_reference import (
 )
 from tests.support.load import cpu_hog
 from tests.support.replay_runs import (
+    EXECUTOR_CONFIG,
     STRATEGY,
     SYMBOLS,
     assert_every_trade_once,
@@ -58,6 +59,18 @@ SPEEDS_STRATEGY = {
     "warmup": "30s",
     "cooldown": "20s",
     "exits": {"sl_atr_mult": 0.5, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 1},
+}
+#: the paper executor's settings for the speeds session: routed entries (the default) on a table whose
+#: steps are seconds, not the plan's (its 1000+ bucket, where every entry of this strategy's tight
+#: stop falls, rests a maker 3 s and sends up to 8 slices 1 s after each fill: the session ended with its
+#: first position half-closed). Still every step a routed entry has, each timed on the executor's clock:
+#: a maker wait, its part fills and the cancel at its end, then two taker slices the jittered interval apart.
+SPEEDS_EXECUTOR_CONFIG = {
+    **EXECUTOR_CONFIG,
+    "routing": {
+        "buckets": [{"up_to": None, "maker_wait_ms": 1000, "slices": 2, "slice_interval_ms": 500}],
+        "probe": {"max_slices": 2},
+    },
 }
 SPEEDS_SEED = 21
 SPEEDS_S = 120
@@ -99,7 +112,8 @@ def _speed_run(kafka_bootstrap: str, read_topic, workdir: Path, speed: str, with
     positions = None
     if with_positions:
         positions = sorted(
-            paper_positions(kafka_bootstrap, prefix, read_topic, workdir / f"x{speed}"), key=_positions_key
+            paper_positions(kafka_bootstrap, prefix, read_topic, workdir / f"x{speed}", SPEEDS_EXECUTOR_CONFIG),
+            key=_positions_key,
         )
     return {"prefix": prefix, "outputs": outputs, "inputs": inputs, "summary": summary, "positions": positions}
 
@@ -122,7 +136,8 @@ def test_replay_output_and_positions_are_identical_at_1x_60x_and_max_on_a_loaded
     first: no process is forked with a `preexec_fn` while a thread runs). `benchmarks.cpu_alone` at load
     ~2 with one nice-19 hog, as in the suite: 147 s and 52 CPU-s besides the hog's 38 (which takes only
     idle CPU), where the two tests took 321 s and 68 CPU-s, and 70 s and 38 CPU-s besides the hog's 23.
-    Seed 21: 7 signals, 7 position events (closed by tp and sl_be)."""
+    Seed 21: 7 signals, 7 position events (closed by tp and sl_be), the entries routed on a table of
+    second-scale steps (`SPEEDS_EXECUTOR_CONFIG`: maker waits with part fills, then two slices each)."""
     runs: dict[str, dict] = {}
     with ThreadPoolExecutor(1) as pool:
         with cpu_hog():

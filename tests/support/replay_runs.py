@@ -276,12 +276,15 @@ EXECUTOR_CONFIG = {
 }
 
 
-def paper_positions(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path) -> list[dict]:
+def paper_positions(
+    kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, executor_config: dict | None = None
+) -> list[dict]:
     """`tapeflow execute --mode paper --from-beginning` over a finished replay's topics (the executor
-    behind its inputs: it takes them in event-time order, as the backtest does); its `positions`."""
+    behind its inputs: it takes them in event-time order, as the backtest does); its `positions`.
+    `executor_config`: the executor's settings (default `EXECUTOR_CONFIG`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "executor.yaml"
-    config.write_text(yaml.safe_dump(EXECUTOR_CONFIG))
+    config.write_text(yaml.safe_dump(EXECUTOR_CONFIG if executor_config is None else executor_config))
     env = service_env(kafka_bootstrap, prefix, workdir)
     executor = Service(
         "executor",
