@@ -198,15 +198,18 @@ class ExecutorService(ConsumerService):
         return f"{self.prefix}tapeflow-executor-{self.mode}"
 
     def replay_config(self) -> Path:
-        """Paper settings for a replay: a recording's signals and prices are years old on the wall
-        clock, so the signal-age and stale-data limits (wall-clock ages) would block every entry.
+        """Paper settings for a replay (a recording, a rehearsal namespace): no limit on a signal's age.
+        Paper runs on event time (``execution.event_clock``), so the stale-data limit keeps its default
+        as in the backtest; but a replay's signals still reach the executor late on that clock: its
+        inputs are released in event-time order, and the signals topic, at its end while the engine has
+        not yet evaluated a second, holds nothing back, so the trades run ahead by the engine's lag times
+        the replay speed (minutes of event time at max). The default 60 s would refuse such signals
+        (``stale_signal``) depending on the speed; without a limit each is traded at the clock's time.
         Written to TAPEFLOW_HOME/executor/replay.json; everything else keeps its default."""
         path = self.paths.home / "executor" / "replay.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         ten_years_s = 10 * 365 * 86_400.0
-        path.write_text(
-            orjson.dumps({"risk": {"max_signal_age_s": ten_years_s, "stale_market_data_s": ten_years_s}}).decode()
-        )
+        path.write_text(orjson.dumps({"risk": {"max_signal_age_s": ten_years_s}}).decode())
         return path
 
 
