@@ -29,9 +29,11 @@ by the run that made them: they are dropped.
 Limits (documented, not expected in practice): a sample is counted in the window open when it comes.
 Inputs are handed in event-time order, so a maker that ends on a trade ends at the clock's time;
 only a trade handed late (its time before a window boundary the clock has already passed) would put
-its sample into the next window where a replay puts it into its own. And the replay starts from the
-oldest orders record retained: a topic that has deleted the records of a degraded period at its
-start could restore a state the hysteresis held differently.
+its sample into the next window where a replay puts it into its own (the same holds for records of
+an older replay handed to a paper group whose clock is already later: its samples count at the
+clock's window). And the replay starts from the oldest orders record there is: the orders topic
+keeps every record (no retention, ``schemas.catalogue``); one given a retention could lose the start
+of a degraded period the hysteresis still holds.
 
 Why not the audited state (``execution_degradations``): it is written asynchronously and may lag the
 committed cut; the orders topic is exactly the cut.
