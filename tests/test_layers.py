@@ -15,6 +15,7 @@ circle Python would have to resolve.
 from __future__ import annotations
 
 import ast
+import functools
 from collections import defaultdict
 from pathlib import Path
 
@@ -54,36 +55,44 @@ def module_name(path: Path) -> str:
 def imports_of(path: Path, type_only: bool = True) -> list[tuple[str, int]]:
     """Absolute names of every module `path` imports (relative imports resolved), with line numbers;
     ``type_only=False`` leaves out the imports under ``if TYPE_CHECKING:``."""
+    every, runtime = _both_imports_of(path)
+    return every if type_only else runtime
+
+
+def _both_imports_of(path: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """`imports_of(path)` and `imports_of(path, type_only=False)` from one parse and one walk of the file."""
     tree = ast.parse(path.read_text(), filename=str(path))
     here = module_name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
-    out: list[tuple[str, int]] = []
-    skipped = (
-        set()
-        if type_only
-        else {
-            id(inner)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and _is_type_checking(node.test)
-            for stmt in node.body
-            for inner in ast.walk(stmt)
-        }
-    )
+    nodes: list[ast.Import | ast.ImportFrom] = []
+    type_checking: set[int] = set()  # ids of the nodes under `if TYPE_CHECKING:`
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.Import):
-            out += [(alias.name, node.lineno) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                prefix = package[: len(package) - (node.level - 1)]
-                base = ".".join([*prefix, base] if base else prefix)
-            # `from pkg import module` imports pkg.module; `from pkg import name` needs pkg's __init__
-            modules = [f"{base}.{alias.name}" for alias in node.names if _is_module(f"{base}.{alias.name}")]
-            out += [(m, node.lineno) for m in modules]
-            if len(modules) < len(node.names):
-                out.append((base, node.lineno))
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            nodes.append(node)
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            type_checking.update(id(inner) for stmt in node.body for inner in ast.walk(stmt))
+    every: list[tuple[str, int]] = []
+    runtime: list[tuple[str, int]] = []
+    for node in nodes:
+        names = _names_imported(node, package)
+        every += names
+        if id(node) not in type_checking:
+            runtime += names
+    return every, runtime
+
+
+def _names_imported(node: ast.Import | ast.ImportFrom, package: list[str]) -> list[tuple[str, int]]:
+    if isinstance(node, ast.Import):
+        return [(alias.name, node.lineno) for alias in node.names]
+    base = node.module or ""
+    if node.level:
+        prefix = package[: len(package) - (node.level - 1)]
+        base = ".".join([*prefix, base] if base else prefix)
+    # `from pkg import module` imports pkg.module; `from pkg import name` needs pkg's __init__
+    modules = [f"{base}.{alias.name}" for alias in node.names if _is_module(f"{base}.{alias.name}")]
+    out = [(m, node.lineno) for m in modules]
+    if len(modules) < len(node.names):
+        out.append((base, node.lineno))
     return out
 
 
@@ -101,15 +110,19 @@ def app_modules() -> dict[str, Path]:
 
 
 MODULES = app_modules()
-GRAPH: dict[str, list[tuple[str, int]]] = {
-    name: [(imp, line) for imp, line in imports_of(path) if imp.split(".")[0] in LAYERS]
-    for name, path in MODULES.items()
-}
 
-RUNTIME_GRAPH: dict[str, list[tuple[str, int]]] = {
-    name: [(imp, line) for imp, line in imports_of(path, type_only=False) if imp.split(".")[0] in LAYERS]
-    for name, path in MODULES.items()
-}
+
+@functools.cache
+def graphs() -> tuple[dict[str, list[tuple[str, int]]], dict[str, list[tuple[str, int]]]]:
+    """(every import, the imports that run: not under ``if TYPE_CHECKING:``) between the application
+    packages, by module. Read at the first test that needs it, not at import: every pytest-xdist worker
+    imports this module to collect it, and reading the tree cost ~2.6 CPU-s (each file parsed twice)."""
+    graph, runtime = {}, {}
+    for name, path in MODULES.items():
+        every, running = _both_imports_of(path)
+        graph[name] = [(imp, line) for imp, line in every if imp.split(".")[0] in LAYERS]
+        runtime[name] = [(imp, line) for imp, line in running if imp.split(".")[0] in LAYERS]
+    return graph, runtime
 
 
 def test_every_package_of_the_layout_is_read():
@@ -142,11 +155,11 @@ def venue_violations(graph: dict[str, list[tuple[str, int]]]) -> list[str]:
 
 
 def test_no_package_imports_a_layer_above_it_or_beside_it():
-    assert layer_violations(GRAPH) == []
+    assert layer_violations(graphs()[0]) == []
 
 
 def test_venues_never_import_each_other_and_the_base_imports_none():
-    assert venue_violations(GRAPH) == []
+    assert venue_violations(graphs()[0]) == []
 
 
 def test_the_checks_catch_planted_violations():
@@ -173,7 +186,7 @@ def test_the_fake_exchange_is_outside_producers_and_no_service_imports_it():
     users = sorted(
         {
             name.split(".")[0]
-            for name, imports in GRAPH.items()
+            for name, imports in graphs()[0].items()
             for imp, _ in imports
             if imp.split(".")[0] == "fake_exchange" and not name.startswith("fake_exchange")
         }
@@ -183,7 +196,7 @@ def test_the_fake_exchange_is_outside_producers_and_no_service_imports_it():
 
 def test_no_import_circle_between_modules():
     edges: dict[str, set[str]] = defaultdict(set)
-    for name, imports in RUNTIME_GRAPH.items():
+    for name, imports in graphs()[1].items():
         for imp, _ in imports:
             # an import of a package runs its __init__; an import of a module names it exactly
             target = imp if imp in MODULES else None
