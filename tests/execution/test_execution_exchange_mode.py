@@ -307,8 +307,9 @@ def test_killed_after_sending_the_entry_the_restart_finds_it_by_client_id_and_ne
             **OPT_IN,
         }
     )
-    # the exchange acts on the next order at once but answers only after 8 s; the executor waits up to 30 s
-    config = executor_config(tmp_path, fake, request_timeout_s=30)
+    # the exchange acts on the next order at once but answers only after 8 s; the executor waits up to 30 s.
+    # Taker entries: the test follows one market entry order through the kill and the restart
+    config = executor_config(tmp_path, fake, request_timeout_s=30, entry_kind="taker")
     port = free_port()
     log_path = tmp_path / "executor.log"
     with open(log_path, "wb") as log_file:
@@ -342,7 +343,7 @@ def test_killed_after_sending_the_entry_the_restart_finds_it_by_client_id_and_ne
     assert_no_keys(child_log)
 
     restart = int(time.time() * 1000)
-    ex = RunningExecutor(settings, executor_config(tmp_path, fake))
+    ex = RunningExecutor(settings, executor_config(tmp_path, fake, entry_kind="taker"))
     try:
         opened = w.wait(
             "positions", lambda p: p["signal_id"] == sig["signal_id"] and p["event"] == "opened", timeout=60
