@@ -199,10 +199,11 @@ def executor_clock_skew(
     try:
         fake.market(bid=49999.9, ask=50000.0, price=50000.0, qty=0.0, mark=50000.0)
         config = workdir / "executor.yaml"
+        # taker entries: the row counts one order per entry (entry1, entry2) and one exit
         config.write_text(
             f"exchange:\n  rest_url: {fake.rest_url}\n  ws_url: {fake.ws_url}\n  request_timeout_s: 5\n"
             "  probe_interval_s: 0.5\nreconcile:\n  orphans: flatten\n  interval_s: 2\n"
-            "  retry_s: 0.5\n"
+            "  retry_s: 0.5\nentry:\n  kind: taker\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
         env.update(
