@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 from unittest import mock
 
+from tests.support.cli_fork import tapeflow_forked
 from tests.support.paths import RECORDING
 
 T = TypeVar("T")
@@ -41,12 +42,21 @@ def stack_env(home: Path, env_extra: dict[str, str] | None = None) -> dict[str, 
 
 
 def cli(home: Path, *args: str, env_extra: dict[str, str] | None = None, timeout: float = 120):
-    """`python -m tapeflow ARGS` in `home`'s parent directory, its output captured."""
+    """`tapeflow ARGS` in `home`'s parent directory, its output captured. `up` runs as `python -m tapeflow`
+    (every stack of these tests is started by the real command, and the stack's own processes are started
+    by it as `python -m tapeflow` whatever runs `up`); every other command by this worker's fork server
+    (tests/support/cli_fork.py: the same entry point with exactly this environment, in a process forked
+    from one that has imported the CLI; `status`, `db audit`, `down`, ... cost 0.2-0.4 CPU-s of imports
+    each as a process of their own, a `backtest` ~1)."""
+    env = stack_env(home, env_extra)
+    if args and args[0] != "up":
+        preload = ("backtest.runner",) if args[0] == "backtest" else ()
+        return tapeflow_forked(*args, env=env, cwd=home.parent, timeout=timeout, preload=preload)
     return subprocess.run(
         [sys.executable, "-m", "tapeflow", *args],
         capture_output=True,
         text=True,
-        env=stack_env(home, env_extra),
+        env=env,
         timeout=timeout,
         cwd=home.parent,
     )
