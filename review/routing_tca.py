@@ -231,8 +231,12 @@ def report_text(
         )
     lines += ["", "slip in bps against the mid at send (> 0: worse for us); fill% of the maker quantity; ms", ""]
     if worst:
-        lines.append("largest slippage (order, bucket, role, slip bps)")
-        lines += [f"  {s.order.client_order_id}  {s.notional:.2f}  {s.role}  {s.slip_bps:.2f}" for s in worst]
+        lines.append("largest slippage (order, bucket, entry notional, role, slip bps)")
+        lines += [
+            f"  {s.order.client_order_id}  {table.label(bucket_for(table, s.notional))}  {s.notional:.2f}  {s.role}"
+            f"  {s.slip_bps:.2f}"
+            for s in worst
+        ]
         lines.append("")
     if not changes:
         lines.append("proposal: keep the table (no bucket has enough samples, or its numbers fit it)")

@@ -109,10 +109,14 @@ class RoutingTable(StrictModel):
         ge=0,
         lt=1,
         description="each slice interval is moved by up to +/- this fraction of itself, "
-        "deterministically from jitter_seed, the signal id and the slice number",
+        "deterministically from jitter_seed, the signal's market, evaluation time and direction and the slice "
+        "number (not its id, so a renamed revision entering the same market at the same moment gets the same schedule)",
     )
     jitter_seed: int = Field(
-        default=0, ge=0, description="seed of the slice jitter (same seed and signal: same schedule, backtest and live)"
+        default=0,
+        ge=0,
+        description="seed of the slice jitter (same seed, market, evaluation time and direction: same schedule, "
+        "backtest and live)",
     )
     taker_below_fill_ratio: float = Field(
         default=0.5,
