@@ -566,11 +566,11 @@ def test_progress_markers_give_the_direct_engine_output_while_the_source_is_stil
 
 def test_without_markers_a_source_still_writing_changes_the_result(serde, session, reference):
     """The guard against a vacuous marker test: the same writes without markers, released by the
-    caught-up rule (the consumer is "caught up" whenever it has read what is written so far)."""
-    results = [
-        run_growing(serde, published_with_markers(session, serde, seed, markers=False), seed)[0] for seed in (1, 2, 3)
-    ]
-    assert any(by_id(got["features"], "eval_time") != by_id(reference["features"], "eval_time") for got in results)
+    caught-up rule (the consumer is "caught up" whenever it has read what is written so far). One
+    interleaving that differs proves the markers matter; the run is seeded, so seed 1's is the same every
+    time (seeds 1, 2 and 3 each differed: the guard ran all three, ~2 CPU-s each, to find one)."""
+    got = run_growing(serde, published_with_markers(session, serde, 1, markers=False), 1)[0]
+    assert by_id(got["features"], "eval_time") != by_id(reference["features"], "eval_time")
 
 
 def test_a_marker_waits_for_every_partition_it_names_or_a_start_past_it(serde):
