@@ -56,16 +56,13 @@ def planted(n: int = 30_000, seed: int = 1) -> tuple[Dataset, np.ndarray]:
     return data, truth
 
 
-@pytest.fixture(scope="module")
-def trained():
+def test_a_planted_effect_is_recovered_within_003_of_the_best_possible_auc_and_its_model_file_predicts_it(tmp_path):
+    """One training (~11 CPU-s) for both halves: the validation below, then the model file written from it
+    (`check_model_file`). Two tests sharing a module fixture trained twice when xdist gave them to two
+    workers."""
     data, truth = planted()
     spec = WalkForwardSpec(train_ms=10 * 24 * HOUR, test_ms=2 * 24 * HOUR, step_ms=2 * 24 * HOUR, embargo_ms=HOUR)
     result = train(data, TrainOptions(walk_forward=spec, threads=2), 0, int(data.t0[-1]) + 60_000)
-    return data, truth, result
-
-
-def test_a_planted_effect_is_recovered_within_003_of_the_best_possible_auc(trained):
-    data, truth, result = trained
     optimum = roc_auc_score(data.y, truth)
     assert 0.7 < optimum < 0.8
     for learner in ("logistic", "lightgbm"):
@@ -93,6 +90,7 @@ def test_a_planted_effect_is_recovered_within_003_of_the_best_possible_auc(train
     detectors = result.doc["learners"]["logistic"]["detectors"]
     assert detectors["detector_features"] == ["in_vpin", "in_wall_bid_usd"]
     assert abs(detectors["auc_difference"]) < 0.01
+    check_model_file(data, result, tmp_path)
 
 
 def test_purged_k_fold_sees_no_effect_where_naive_k_fold_leaks():
@@ -115,8 +113,8 @@ def test_purged_k_fold_sees_no_effect_where_naive_k_fold_leaks():
     assert naive > purged + 0.04, (naive, purged)
 
 
-def test_the_model_file_predicts_what_was_validated_and_is_named_by_its_content(trained, tmp_path):
-    data, _truth, result = trained
+def check_model_file(data, result, tmp_path):
+    """The model file predicts what was validated and is named by its content."""
     document = model_document(result, {"name": "v53", "config_hash": "abc"})
     path = save_model(document, tmp_path)
     assert path.name.startswith("model-") and path == save_model(document, tmp_path)  # same content, same file
