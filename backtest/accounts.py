@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from operator import attrgetter
 from typing import Any, Literal, cast
 
 from backtest.inputs import Record
 from backtest.model import BacktestTrade
+from backtest.routed_orders import is_routed_entry, order_row
 from execution.broker import Broker
 from execution.config import ExecutorConfig
 from execution.domain import TradeTick
-from execution.executor import Executor
+from execution.executor import Executor, mid_now
 from execution.paper_broker import PaperBroker
 
 Account = Literal["per_strategy", "shared"]
@@ -39,12 +41,18 @@ class BacktestSink:
         self.decisions: Counter[str] = Counter()  # risk.events reasons of blocked/paused entries
         self.positions: list[Record] = []  # every position event (for --verify-against-topics)
         self.fills: list[Record] = []  # every fill (outcome labels: backtest.outcome_labels)
+        self.routed: list[list[Any]] = []  # routed entry orders as sent (backtest.routed_orders)
+        self.mid_at: Callable[[str], tuple[float, str] | None] | None = None  # the executor's mid_now
 
     def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
         self.counts[topic] += 1
         if topic == "risk.events":
             if record["decision"] != "allow":
                 self.decisions[record["reason"]] += 1
+            return
+        if topic == "orders":
+            if is_routed_entry(record):
+                self.routed.append(order_row(record, self.mid_at(key) if self.mid_at is not None else None))
             return
         if topic == "fills":
             self.fills.append(record)
@@ -157,6 +165,8 @@ class Accounts:
                 # the last trade it knows when a clock tick sends an order depends on the slicing, and a
                 # backtest keeps no orders to measure against it (its trades have no TCA)
                 executor.stamp_mid = False
+                # ... but the routed entries the sink keeps carry theirs (backtest.routed_orders)
+                sink.mid_at = partial(mid_now, executor.market, book_max_age_ms=self.config.paper.book_max_age_ms)
                 self.books[name] = AccountBook(executor, sink)
         self.executors = [book.executor for book in self.books.values()]
 

@@ -103,6 +103,8 @@ class RunResult:
     bad_rows: list[str] = field(default_factory=list)  # "file:line: reason"
     params: dict[str, Any] = field(default_factory=dict)  # execution model parameters (fees, slippage, ...)
     processed_to_ms: int | None = None  # event time the run reached (a partial run stops before to_ms)
+    # the routed entry orders and their fills, as columns and rows (backtest.routed_orders); {}: none
+    routed_orders: dict[str, Any] = field(default_factory=dict)
 
     @property
     def end_ms(self) -> int:

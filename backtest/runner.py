@@ -82,6 +82,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from backtest import routed_orders
 from backtest.accounts import MODE, Account, AccountBook, Accounts, BacktestSink
 from backtest.coverage import GATE_INPUTS, LAYER_INPUTS, Coverage
 from backtest.executor_feed import ExecutorFeed
@@ -304,4 +305,8 @@ class BacktestRunner:
             bad_rows=list(source.report.bad_rows),
             params=params,
             processed_to_ms=self.processed_to_ms if partial else source.to_ms,
+            routed_orders=routed_orders.collect(
+                (row for b in self._books.values() for row in b.sink.routed),
+                (f for b in self._books.values() for f in b.sink.fills),
+            ),
         )

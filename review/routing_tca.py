@@ -19,14 +19,20 @@ each change with its reason; everything else is kept:
 - slices: the taker orders' slippage above ``target_slip_bps``: one slice more (at most ``max_slices``),
   below half of it: one fewer (at least 1); the interval is kept (1 s when slices go from 1 to 2).
 Rules of thumb for a person to review, not an optimiser: the report shows the numbers behind each one.
+
+One TCA, two sources: the statistics take ``RoutedOrder`` and ``Fill`` rows, read from the ``orders``
+and ``fills`` tables (``load_routed``: paper, testnet, live) or from the executor's own order and fill
+records (``routed_from_records``: a backtest keeps those of its routed entries in its result,
+``backtest.routed_orders``); ``routing_tca`` computes the same statistics from either.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from execution.routing import bucket_for, parse_route
 from review.tca import Fill, slip_bps
@@ -46,6 +52,7 @@ class RoutedOrder:
     sent_time: int
     mid_at_send: float | None
     reason: str | None
+    config_rev: int | None = None  # the strategy revision of the signal the order serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,10 @@ class BucketDay:
     maker_fill_p90_ms: float | None
     maker_fill_ms: tuple[float, ...] = field(default=(), repr=False)
 
+    @property
+    def maker_fill_p50_ms(self) -> float | None:
+        return percentile(self.maker_fill_ms, 0.5)
+
 
 def summarise(bucket: str, day: str, stats: Sequence[OrderStat]) -> BucketDay:
     makers = [s for s in stats if s.role == "maker"]
@@ -154,6 +165,62 @@ def by_bucket_and_day(table: RoutingTable, stats: Sequence[OrderStat]) -> tuple[
         rows = [s for (bb, _), ss in groups.items() if bb == b for s in ss]
         totals.append(summarise(table.label(b), "all", rows))
     return daily, totals
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTca:
+    """The TCA of one set of routed orders against one table (``routing_tca``)."""
+
+    stats: list[OrderStat]
+    daily: list[BucketDay]
+    totals: list[BucketDay]  # in the table's bucket order
+
+    def worst(self, n: int = 5) -> list[OrderStat]:
+        """The ``n`` orders with the largest slippage (worst for us first)."""
+        return sorted((s for s in self.stats if s.slip_bps is not None), key=lambda s: -(s.slip_bps or 0.0))[:n]
+
+
+def routing_tca(table: RoutingTable, orders: Iterable[RoutedOrder], fills: Sequence[Fill]) -> RoutingTca:
+    """Per-order statistics, then per bucket and day and per bucket, of the routed orders of either source."""
+    stats = order_stats(orders, fills)
+    daily, totals = by_bucket_and_day(table, stats)
+    return RoutingTca(stats, daily, totals)
+
+
+def routed_from_records(
+    orders: Iterable[Mapping[str, Any]], fills: Iterable[Mapping[str, Any]]
+) -> tuple[list[RoutedOrder], list[Fill]]:
+    """The routed entry orders among the executor's order records (their PENDING_NEW record: the order as
+    sent, with its mid at send) and their fills among its fill records: what ``load_routed`` reads from
+    the tables those records are written to, so either source gives the same rows."""
+    out = [
+        RoutedOrder(
+            r["client_order_id"],
+            r.get("signal_id") or "",
+            r["side"],
+            float(r["qty"]),
+            int(r["event_time"]),
+            None if r.get("mid_at_send") is None else float(r["mid_at_send"]),
+            r.get("reason"),
+            r.get("config_rev"),
+        )
+        for r in orders
+        if r["leg"] == "entry" and r["state"] == "PENDING_NEW" and (r.get("reason") or "").startswith("route ")
+    ]
+    ids = {o.client_order_id for o in out}
+    own = [
+        Fill(
+            f["client_order_id"],
+            float(f["price"]),
+            float(f["qty"]),
+            float(f["fee"]),
+            f["liquidity"],
+            int(f["event_time"]),
+        )
+        for f in fills
+        if f["client_order_id"] in ids
+    ]
+    return out, own
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,17 +314,23 @@ def report_text(
 
 
 def load_routed(
-    conn: object, mode: str, since_ms: int, until_ms: int, strategy: str | None = None
+    conn: object,
+    mode: str,
+    since_ms: int,
+    until_ms: int,
+    strategy: str | None = None,
+    revision: int | None = None,
 ) -> tuple[list[RoutedOrder], list[Fill]]:
     """The routed entry orders sent in ``[since_ms, until_ms)`` (their PENDING_NEW rows, with the mid
     at send) and their fills, from the ``orders`` and ``fills`` tables; ``strategy``: only the orders of
-    its signals (a signal id starts with the strategy's name). ``conn``: a psycopg connection."""
+    its signals (a signal id starts with the strategy's name); ``revision``: only the orders of that
+    strategy revision (the ``config_rev`` every order record carries). ``conn``: a psycopg connection."""
     import psycopg
 
     assert isinstance(conn, psycopg.Connection)
     sql = (
         "SELECT client_order_id, signal_id, side, qty, reason, mid_at_send,"
-        " (extract(epoch FROM event_time) * 1000)::bigint AS sent FROM orders"
+        " (extract(epoch FROM event_time) * 1000)::bigint AS sent, config_rev FROM orders"
         " WHERE mode = %s AND leg = 'entry' AND state = 'PENDING_NEW' AND reason LIKE 'route %%'"
         " AND event_time >= to_timestamp(%s / 1000.0) AND event_time < to_timestamp(%s / 1000.0)"
     )
@@ -265,10 +338,13 @@ def load_routed(
     if strategy:
         sql += " AND signal_id LIKE %s"
         params.append(strategy.replace("%", r"\%").replace("_", r"\_") + ":%")
+    if revision is not None:
+        sql += " AND config_rev = %s"
+        params.append(revision)
     rows = conn.execute(sql + " ORDER BY event_time, client_order_id", params).fetchall()
     orders = [
-        RoutedOrder(cid, sid or "", side, float(qty), int(sent), None if mid is None else float(mid), reason)
-        for cid, sid, side, qty, reason, mid, sent in rows
+        RoutedOrder(cid, sid or "", side, float(qty), int(sent), None if mid is None else float(mid), reason, rev)
+        for cid, sid, side, qty, reason, mid, sent, rev in rows
     ]
     fill_rows = conn.execute(
         "SELECT client_order_id, price, qty, fee, liquidity, (extract(epoch FROM event_time) * 1000)::bigint"

@@ -61,6 +61,13 @@ def run(feed: str):
 def test_routed_entries_run_the_same_on_the_sparse_and_the_dense_feed(capsys):
     sparse, dense = run("sparse"), run("dense")
     same_run(sparse, dense)
+    # the routed entries the result keeps for the routing TCA (backtest.routed_orders), each with its
+    # mid at send: the same on both feeds
+    kept = sparse[1].routed_orders
+    assert kept == dense[1].routed_orders
+    sent = [r for records in sparse[2].values() for t, _, r in records if t == "orders" and r["state"] == "PENDING_NEW"]
+    routed_ids = [r["client_order_id"] for r in sent if r["leg"] == "entry" and r["reason"].startswith("route ")]
+    assert [row[0] for row in kept["orders"]] == routed_ids and all(row[5] is not None for row in kept["orders"])
     for name, book in sparse[0]._books.items():  # the probe saw every book on both feeds
         spreads = {
             key: list(map(tuple, rows)) for key, rows in book.executor.entry_flow.router.spreads._minutes.items()
