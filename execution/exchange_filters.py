@@ -50,6 +50,16 @@ def quantize_to(value: Decimal, step: Decimal, rounding: str) -> Decimal:
     return units * step
 
 
+def _without_float_dust(qty: float | str | Decimal) -> Decimal:
+    """A float quantity at 12 significant digits, so float residue below a multiple of the step does not
+    cost a whole step at the floor: a routed entry's slice of what is left (0.5 - 0.2) / 3 is
+    0.09999999999999999 and floored to 0.099, not the 0.1 paper sends (and the last slice then falls a
+    step short of the sized quantity). 12 digits keep every real quantity (steps are >= 1e-8 of it)."""
+    if isinstance(qty, float):
+        return Decimal(f"{qty:.12g}")
+    return to_decimal(qty)
+
+
 def plain(value: Decimal) -> str:
     """A decimal as Binance wants it: no exponent, no trailing zeros ("0.0010" -> "0.001", "5E+1" -> "50")."""
     return format(value.normalize(), "f")
@@ -108,7 +118,7 @@ class SymbolFilters:
             if market
             else (self.step_size, self.min_qty, self.max_qty)
         )
-        value = quantize_to(to_decimal(qty), step, ROUND_FLOOR)
+        value = quantize_to(_without_float_dust(qty), step, ROUND_FLOOR)
         if value <= 0 or value < lo:
             raise FilterViolation("min_qty", f"{self.symbol} qty {qty} rounds to {plain(value)}, below {plain(lo)}")
         if hi > 0 and value > hi:

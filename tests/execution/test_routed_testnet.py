@@ -24,8 +24,10 @@ executor only acts when polled, so there each step is at or after its due time a
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -33,12 +35,14 @@ from execution.binance_broker import BinanceBroker
 from execution.client_ids import client_order_id, position_id
 from execution.config import ExecutorConfig, Fees, RiskLimits
 from execution.domain import Signal
+from execution.exchange_filters import parse_exchange_info
 from execution.executor import Executor, ListSink
 from execution.paper_broker import PaperBroker
 from execution.routing import jitter_key, slice_delay_ms
 from fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET
 from tests.support.execution import T0, signal_record
 from tests.support.fake_exchange import SYM, FakeOnThread
+from tests.support.paths import RECORDING
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -237,3 +241,15 @@ def test_a_routed_entry_goes_through_the_fake_exchange_as_planned_and_as_in_pape
     assert [(same[f[0]], *f[1:]) for f in fill_view(on_fake)] == fill_view(on_paper)
     assert opened_view(on_fake) == opened_view(on_paper)
     check_timings(on_fake, fsig, SLACK_MS)
+
+
+def test_a_slice_of_what_is_left_is_not_floored_a_step_short_by_float_residue():
+    """After a maker fill of 0.1 and a slice of 0.1 of a 0.5 entry, the next of 3 slices is (0.5 - 0.2) / 3,
+    0.09999999999999999 in floats: the live path sends the 0.1 that paper sends, not 0.099 (a step short,
+    which the last slice could not make up: it too is floored, and the position opened at 0.499)."""
+    line = (RECORDING / "session_config_and_rest.txt").read_text().splitlines()[0]
+    btc = parse_exchange_info(orjson.loads(line.partition(": ")[2]))[SYM]  # the fake's filters (step 0.001)
+    left = QTY - (0.1 + 0.1)
+    assert left / 3 < 0.1  # the residue the rounding must forgive
+    assert btc.round_qty(left / 3, market=True) == Decimal("0.1")
+    assert btc.round_qty(0.0999, market=True) == Decimal("0.099")  # a real quantity below the step floors
