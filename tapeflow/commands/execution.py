@@ -4,7 +4,7 @@ bucket and UTC day) and proposes a routing table from it, with the report behind
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -35,14 +35,31 @@ def _table(strategy: Path | None, executor_config: Path | None):  # -> (RoutingT
 
 @execution_app.command("retune")
 def retune(
-    from_time: str = typer.Option(..., "--from", help="Orders sent from (ISO date or time, UTC, or Unix ms)."),
-    to_time: str = typer.Option(..., "--to", help="Orders sent before (exclusive)."),
+    from_time: str | None = typer.Option(
+        None, "--from", help="Orders sent from (ISO date or time, UTC, or Unix ms); needed without --backtest."
+    ),
+    to_time: str | None = typer.Option(None, "--to", help="Orders sent before (exclusive); needed without --backtest."),
+    backtest: Annotated[
+        Path | None,
+        typer.Option(
+            "--backtest",
+            help="Read a backtest run's routed entries instead of the database: its run directory or its "
+            "result.json (the table tuned: the run's own for the strategy, unless --strategy or "
+            "--executor-config names another; --from/--to narrow the run's range).",
+        ),
+    ] = None,
+    revision: Annotated[
+        int | None,
+        typer.Option(
+            "--revision", min=0, help="Only the orders of this strategy revision (config_rev), not every revision's."
+        ),
+    ] = None,
     strategy: Annotated[
         Path | None,
         typer.Option(
             "--strategy",
             help="Tune this strategy file's routing section (or, without one, the executor config's table), "
-            "from its own orders only.",
+            "from its own orders only (every revision's: see --revision).",
         ),
     ] = None,
     executor_config: Annotated[
@@ -60,21 +77,51 @@ def retune(
     ),
 ) -> None:
     """Per bucket and day: slippage against the mid at send, maker fill ratio and times; then a proposed
-    routing table (each change with the numbers behind it)."""
-    import psycopg
+    routing table (each change with the numbers behind it). From the database (paper, testnet, live) or,
+    with --backtest, from the routed entries a backtest run kept: the same statistics either way."""
     import yaml
 
-    from review.routing_tca import by_bucket_and_day, load_routed, order_stats, propose, report_text
+    from review.routing_tca import propose, report_text, routing_tca
+
+    if mode not in ("paper", "testnet", "live"):
+        raise fail(f"--mode {mode!r}: paper, testnet or live", 2)
+    start = parse_time(from_time, "--from") if from_time is not None else None
+    end = parse_time(to_time, "--to") if to_time is not None else None
+    if start is not None and end is not None and end <= start:
+        raise fail(f"--to {to_time} is not after --from {from_time}", 2)
+    if backtest is not None:
+        table, orders, fills, source = _from_backtest(backtest, strategy, executor_config, start, end)
+    else:
+        if start is None or end is None:
+            raise fail("--from and --to are needed to read the database (or pass --backtest RUN_DIR)", 2)
+        table, name = _table(strategy, executor_config)
+        orders, fills = _from_database(database, mode, start, end, name, revision)
+        source = f"{mode} {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+    if backtest is not None and revision is not None:
+        orders = [o for o in orders if o.config_rev == revision]
+    tca = routing_tca(table, orders, fills)
+    proposed, changes = propose(table, tca.totals, min_samples=min_samples, target_slip_bps=target_slip_bps)
+    window = f"{source}{'' if revision is None else f' revision {revision}'}, {len(tca.stats)} routed orders"
+    text = report_text(table, tca.daily, tca.totals, changes, window, tca.worst())
+    proposal = yaml.safe_dump({"routing": proposed.model_dump(mode="json")}, sort_keys=False)
+    if report is not None:
+        report.write_text(text)
+    if out is not None:
+        out.write_text(proposal)
+    echo(text + ("" if out is not None else "\n" + proposal))
+
+
+def _from_database(
+    database: str | None, mode: str, start: datetime, end: datetime, name: str | None, revision: int | None
+):
+    """The routed orders and fills sent in [start, end) from the ``orders`` and ``fills`` tables."""
+    import psycopg
+
+    from review.routing_tca import load_routed
     from tapeflow_runtime.endpoints import resolve_database
     from tapeflow_runtime.errors import TapeflowError
     from tapeflow_runtime.instants import EPOCH
 
-    if mode not in ("paper", "testnet", "live"):
-        raise fail(f"--mode {mode!r}: paper, testnet or live", 2)
-    start, end = parse_time(from_time, "--from"), parse_time(to_time, "--to")
-    if end <= start:
-        raise fail(f"--to {to_time} is not after --from {from_time}", 2)
-    table, name = _table(strategy, executor_config)
     if not database:
         try:
             endpoints = resolve_database(state.settings(), state.paths())
@@ -84,18 +131,43 @@ def retune(
     since, until = (start - EPOCH) // _ONE_MS, (end - EPOCH) // _ONE_MS
     try:
         with psycopg.connect(database) as conn:
-            orders, fills = load_routed(conn, mode, since, until, name)
+            return load_routed(conn, mode, since, until, name, revision)
     except psycopg.Error as exc:
         raise fail(f"database: {str(exc).strip().splitlines()[0]}") from None
-    stats = order_stats(orders, fills)
-    daily, totals = by_bucket_and_day(table, stats)
-    proposed, changes = propose(table, totals, min_samples=min_samples, target_slip_bps=target_slip_bps)
-    worst = sorted((s for s in stats if s.slip_bps is not None), key=lambda s: -(s.slip_bps or 0.0))[:5]
-    window = f"{mode} {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC, {len(stats)} routed orders"
-    text = report_text(table, daily, totals, changes, window, worst)
-    proposal = yaml.safe_dump({"routing": proposed.model_dump(mode="json")}, sort_keys=False)
-    if report is not None:
-        report.write_text(text)
-    if out is not None:
-        out.write_text(proposal)
-    echo(text + ("" if out is not None else "\n" + proposal))
+
+
+def _from_backtest(
+    path: Path, strategy: Path | None, executor_config: Path | None, start: datetime | None, end: datetime | None
+):
+    """(table, orders, fills, description) of a backtest run's kept routed entries (backtest.routed_orders);
+    a path that is not a run, or a run without routed entries, exits with one line."""
+    from backtest.result_io import RESULT_FILE, read_result_json
+    from backtest.routed_orders import of_strategy, routed, strategy_table
+    from tapeflow_runtime.instants import EPOCH
+
+    file = path / RESULT_FILE if path.is_dir() else path
+    try:
+        result = read_result_json(file)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise fail(
+            f"--backtest {path}: not a backtest run (no readable {RESULT_FILE}: {type(exc).__name__})", 2
+        ) from None
+    names = [s.name for s in result.strategies]
+    if strategy is not None or executor_config is not None:
+        table, name = _table(strategy, executor_config)
+    elif len(names) == 1:
+        name = names[0]
+        table = strategy_table(result, name)
+    else:
+        raise fail(f"--backtest {path}: the run has strategies {', '.join(names)}: pass --strategy FILE", 2)
+    orders, fills = routed(result.routed_orders)
+    if name is not None:
+        orders = of_strategy(orders, name)
+    if start is not None:
+        orders = [o for o in orders if o.sent_time >= (start - EPOCH) // _ONE_MS]
+    if end is not None:
+        orders = [o for o in orders if o.sent_time < (end - EPOCH) // _ONE_MS]
+    if not orders:
+        who = f" of {name}" if name else ""
+        raise fail(f"--backtest {path}: no routed entry orders{who} in the run (entries taker or maker_first?)")
+    return table, orders, fills, f"backtest {result.run_id} ({result.source})"

@@ -4,15 +4,27 @@ orders and fills a routed paper entry wrote."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import psycopg
 import pytest
 import yaml
 
-from review.routing_tca import RoutedOrder, by_bucket_and_day, order_stats, parse_reason, percentile, propose
+from backtest.result_io import write_result_json
+from backtest.routed_orders import collect, is_routed_entry, order_row
+from review.routing_tca import (
+    RoutedOrder,
+    by_bucket_and_day,
+    order_stats,
+    parse_reason,
+    percentile,
+    propose,
+)
 from review.tca import Fill
 from sinks.tables import table_for_topic, write_rows
 from stream_apps.core.routing_table import RoutingTable
 from tests.execution.test_routing import routed_entry
+from tests.support.backtest_runs import make_run
 from tests.support.execution import T0
 from tests.tapeflow.test_autopsy_cli import tapeflow
 
@@ -102,6 +114,25 @@ def test_retune_reads_a_routed_paper_entry_from_the_database(migrated_database, 
     assert "200-500: slices 2 -> 3" in proc.stdout
     proposed = RoutingTable.model_validate(yaml.safe_load(out.read_text())["routing"])
     assert proposed.buckets[1].slices == 3 and proposed.buckets[0] == RoutingTable().buckets[0]
+    # the same records kept by a backtest (backtest.routed_orders, with the mid the executor stamped;
+    # result.json): retune --backtest reports the same rows and proposes the same table
+    run_dir = tmp_path / "run"
+    kept = [order_row(r, (r["mid_at_send"], r["mid_source"])) for r in h.of("orders") if is_routed_entry(r)]
+    write_result_json(replace(make_run(strategies=("v53",)), routed_orders=collect(kept, h.of("fills"))), run_dir)
+    from_run = tmp_path / "from_run.yaml"
+    proc2 = tapeflow(
+        "execution", "retune", "--backtest", str(run_dir), "--min-samples", "2", "--out", str(from_run), cwd=tmp_path
+    )
+    assert proc2.returncode == 0, proc2.stderr
+    assert from_run.read_text() == out.read_text()
+    assert proc2.stdout.splitlines()[1:] == proc.stdout.splitlines()[1:]  # all but the window line
+    assert proc2.stdout.startswith("routing TCA backtest ")
+    # bad input: one line each
+    bad = tapeflow("execution", "retune", "--backtest", str(tmp_path / "home"), cwd=tmp_path, forked=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a backtest run" in bad.stderr
+    write_result_json(make_run(strategies=("v53",)), tmp_path / "taker_run")  # a run that routed no entry
+    none = tapeflow("execution", "retune", "--backtest", str(tmp_path / "taker_run"), cwd=tmp_path, forked=True)
+    assert none.returncode == 1 and none.stderr.count("\n") == 1 and "no routed entry orders" in none.stderr
 
 
 def test_the_service_finds_a_revisions_table_in_its_files_then_in_the_database(migrated_database, tmp_path):
