@@ -22,8 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from review.routing_tca import RoutedOrder, routed_from_records
+from backtest.model import RunResult
+from review.routing_tca import RoutedOrder, routed_from_records, routing_tca
 from review.tca import Fill
+from stream_apps.core.routing_table import RoutingTable
 
 ORDER_COLUMNS = (
     "client_order_id",
@@ -91,3 +93,47 @@ def records(kept: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, 
 def routed(kept: dict[str, Any]) -> tuple[list[RoutedOrder], list[Fill]]:
     """The TCA's rows of a run's kept orders (``review.routing_tca.routed_from_records``)."""
     return routed_from_records(*records(kept))
+
+
+def strategy_table(result: RunResult, name: str) -> RoutingTable:
+    """The routing table the run worked ``name``'s entries with: its strategy's routing section, else the
+    executor config's (as the runner registers them)."""
+    [info] = [s for s in result.strategies if s.name == name]
+    own = info.config.get("routing")
+    if own is not None:
+        return RoutingTable.model_validate(own)
+    return RoutingTable.model_validate(result.params.get("executor", {}).get("routing") or {})
+
+
+def of_strategy(orders: list[RoutedOrder], name: str) -> list[RoutedOrder]:
+    """The orders of ``name``'s signals (a signal id starts with its strategy's name, as load_routed reads it)."""
+    return [o for o in orders if o.signal_id.startswith(name + ":")]
+
+
+def tca_section(result: RunResult) -> list[dict[str, Any]]:
+    """The report's routing TCA (``backtest.report.document``): per strategy with routed entries, per
+    bucket of its table over the whole run, the statistics ``tapeflow execution retune`` reports."""
+    orders, fills = routed(result.routed_orders)
+    out = []
+    for s in result.strategies:
+        own = of_strategy(orders, s.name)
+        if not own:
+            continue
+        tca = routing_tca(strategy_table(result, s.name), own, fills)
+        rows = [
+            {
+                "bucket": t.bucket,
+                "entries": t.entries,
+                "maker_orders": t.maker_orders,
+                "taker_orders": t.taker_orders,
+                "maker_fill_ratio": t.maker_fill_ratio,
+                "maker_share": t.maker_share,
+                "maker_slip_bps": t.maker_slip_bps,
+                "taker_slip_bps": t.taker_slip_bps,
+                "maker_fill_p50_ms": t.maker_fill_p50_ms,
+                "maker_fill_p90_ms": t.maker_fill_p90_ms,
+            }
+            for t in tca.totals
+        ]
+        out.append({"strategy": s.name, "orders": len(tca.stats), "buckets": rows})
+    return out

@@ -14,6 +14,7 @@ from typing import Any
 
 from backtest import metrics
 from backtest.model import BacktestTrade, RunResult, StrategyInfo
+from backtest.routed_orders import tca_section
 
 FORMAT = "tapeflow-backtest-report"
 FORMAT_VERSION = 1
@@ -168,6 +169,7 @@ def build(result: RunResult) -> dict[str, Any]:
         "evaluations_lacking_inputs": sum(c["lacking"] for c in coverage),
         "missing": list(result.missing),
         "bad_rows": list(result.bad_rows),
+        "routing_tca": tca_section(result),
         "trades": [trade_row(t) for t in trades],
     }
 
@@ -184,4 +186,5 @@ DEFINITIONS = {
     "utc_hour": "hour (UTC) of the entry time",
     "score_band": f"score rounded down to a multiple of {metrics.SCORE_BAND_WIDTH:g}",
     "coverage": "per layer, symbol and input: evaluations whose input was present; lacking = evaluations − present",
+    "routing_tca": "per strategy and bucket of its routing table, its routed entry orders (review.routing_tca)",
 }

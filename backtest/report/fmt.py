@@ -61,6 +61,25 @@ TRADE_COLUMNS: list[Column] = [
     ("pnl_r_net", "net R", "r"),
     ("pnl_usd_net", "net USDT", "usd"),
 ]
+# the routing TCA per bucket (backtest.routed_orders.tca_section; review.routing_tca for the meanings)
+ROUTING_COLUMNS: list[Column] = [
+    ("bucket", "bucket", "text"),
+    ("entries", "entries", "int"),
+    ("maker_orders", "maker orders", "int"),
+    ("taker_orders", "taker orders", "int"),
+    ("maker_fill_ratio", "maker fill ratio", "pct"),
+    ("maker_share", "maker share", "pct"),
+    ("maker_slip_bps", "maker slip bps", "ratio"),
+    ("taker_slip_bps", "taker slip bps", "ratio"),
+    ("maker_fill_p50_ms", "maker fill p50 ms", "ms"),
+    ("maker_fill_p90_ms", "maker fill p90 ms", "ms"),
+]
+ROUTING_NOTE = (
+    "Routed entry orders per notional bucket of the strategy's routing table, over the run: slip in bps "
+    "against the mid at send (> 0: worse for us), quantity-weighted; maker fill ratio: filled / requested "
+    "maker quantity; maker share: of the entries' filled quantity; fill times from sending a maker order "
+    "to its first fill. The same statistics as `tapeflow execution retune`, which proposes a table from them."
+)
 
 
 TEXT_KINDS = ("text", "time")
@@ -83,6 +102,8 @@ def value(v: object, kind: str) -> str:
         return f"{round(float(v), 2) + 0.0:,.2f}"
     if kind == "ratio":
         return f"{float(v):.2f}"
+    if kind == "ms":
+        return f"{float(v):,.0f}"
     if kind == "score":
         return f"{float(v):.1f}"
     if kind == "price":

@@ -145,6 +145,11 @@ def _tables(doc: dict[str, Any]) -> dict[str, Any]:
         )
         for c in doc["coverage"]
     ]
+    routing = []
+    for n, section in enumerate(doc["routing_tca"]):
+        t = Table(f"routing-tca-{n}", [_header(h, k) for _c, h, k in fmt.ROUTING_COLUMNS])
+        t.rows = [Row([_cell(r[c], k) for c, _h, k in fmt.ROUTING_COLUMNS]) for r in section["buckets"]]
+        routing.append({"strategy": section["strategy"], "orders": section["orders"], "table": t})
     trades = Table("trades-table", [_header(h, k) for _c, h, k in fmt.TRADE_COLUMNS])
     trades.rows = [Row([_cell(t[c], k) for c, _h, k in fmt.TRADE_COLUMNS]) for t in doc["trades"]]
     return {
@@ -152,6 +157,8 @@ def _tables(doc: dict[str, Any]) -> dict[str, Any]:
         "usd_table": _strategy_table(doc, "strategies-usd-table", fmt.USD_COLUMNS),
         "breakdowns": breakdowns,
         "coverage_table": coverage,
+        "routing_tca": routing,
+        "routing_note": fmt.ROUTING_NOTE,
         "trades_table": trades,
     }
 

@@ -117,6 +117,21 @@ def _coverage(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _routing_tca(doc: dict[str, Any]) -> list[str]:
+    """One table per strategy with routed entries; nothing for a run without any."""
+    if not doc["routing_tca"]:
+        return []
+    lines = ["## Routing TCA", "", fmt.md(fmt.ROUTING_NOTE), ""]
+    for section in doc["routing_tca"]:
+        lines += [f"### {fmt.md(section['strategy'])} ({section['orders']:,} routed orders)", ""]
+        lines += _table(
+            [h for _k, h, _ in fmt.ROUTING_COLUMNS],
+            [[fmt.md(fmt.value(r[k], kind)) for k, _h, kind in fmt.ROUTING_COLUMNS] for r in section["buckets"]],
+        )
+        lines.append("")
+    return lines
+
+
 def _execution_model(run: dict[str, Any]) -> list[str]:
     lines = ["## Execution model", ""]
     return lines + ([f"- {fmt.md(k)}: {fmt.md(v)}" for k, v in sorted(run["params"].items())] or ["- (none given)"])
@@ -141,6 +156,7 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
     lines += _strategies(doc, png_name)
     lines += _breakdowns(doc)
     lines += _coverage(doc)
+    lines += _routing_tca(doc)
     lines += _listing("Missing days and files", doc["missing"])
     lines += _listing("Bad rows", doc["bad_rows"])
     lines += _execution_model(doc["run"])

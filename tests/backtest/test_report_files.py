@@ -108,6 +108,7 @@ def test_write_report_writes_every_format_and_refuses_unknown_ones(tmp_path):
         "evaluations_lacking_inputs",
         "missing",
         "bad_rows",
+        "routing_tca",
         "trades",
     ]
     assert set(doc["strategies"][0]["summary"]) >= {
