@@ -90,15 +90,13 @@ def retune(
     if start is not None and end is not None and end <= start:
         raise fail(f"--to {to_time} is not after --from {from_time}", 2)
     if backtest is not None:
-        table, orders, fills, source = _from_backtest(backtest, strategy, executor_config, start, end)
+        table, orders, fills, source = _from_backtest(backtest, strategy, executor_config, start, end, revision)
     else:
         if start is None or end is None:
             raise fail("--from and --to are needed to read the database (or pass --backtest RUN_DIR)", 2)
         table, name = _table(strategy, executor_config)
         orders, fills = _from_database(database, mode, start, end, name, revision)
         source = f"{mode} {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
-    if backtest is not None and revision is not None:
-        orders = [o for o in orders if o.config_rev == revision]
     tca = routing_tca(table, orders, fills)
     proposed, changes = propose(table, tca.totals, min_samples=min_samples, target_slip_bps=target_slip_bps)
     window = f"{source}{'' if revision is None else f' revision {revision}'}, {len(tca.stats)} routed orders"
@@ -137,7 +135,12 @@ def _from_database(
 
 
 def _from_backtest(
-    path: Path, strategy: Path | None, executor_config: Path | None, start: datetime | None, end: datetime | None
+    path: Path,
+    strategy: Path | None,
+    executor_config: Path | None,
+    start: datetime | None,
+    end: datetime | None,
+    revision: int | None,
 ):
     """(table, orders, fills, description) of a backtest run's kept routed entries (backtest.routed_orders);
     a path that is not a run, or a run without routed entries, exits with one line."""
@@ -167,7 +170,9 @@ def _from_backtest(
         orders = [o for o in orders if o.sent_time >= (start - EPOCH) // _ONE_MS]
     if end is not None:
         orders = [o for o in orders if o.sent_time < (end - EPOCH) // _ONE_MS]
+    if revision is not None:
+        orders = [o for o in orders if o.config_rev == revision]
     if not orders:
-        who = f" of {name}" if name else ""
+        who = (f" of {name}" if name else "") + ("" if revision is None else f" revision {revision}")
         raise fail(f"--backtest {path}: no routed entry orders{who} in the run (entries taker or maker_first?)")
     return table, orders, fills, f"backtest {result.run_id} ({result.source})"

@@ -15,6 +15,7 @@ from backtest.routed_orders import collect, is_routed_entry, order_row
 from review.routing_tca import (
     RoutedOrder,
     by_bucket_and_day,
+    load_routed,
     order_stats,
     parse_reason,
     percentile,
@@ -103,6 +104,9 @@ def test_retune_reads_a_routed_paper_entry_from_the_database(migrated_database, 
             spec = table_for_topic(topic)
             write_rows(conn, spec, [spec.to_row(r) for r in h.of(topic)])
         conn.commit()
+        # --revision: the orders of one strategy revision (config_rev; the harness's signal is revision 0)
+        window = ("paper", T0 - 60_000, T0 + 60_000, "v53")
+        assert len(load_routed(conn, *window, revision=0)[0]) == 3 and load_routed(conn, *window, revision=1)[0] == []
     out = tmp_path / "routing.yaml"
     args = ["--from", str(T0 - 60_000), "--to", str(T0 + 60_000), "--database", migrated_database]
     proc = tapeflow("execution", "retune", *args, "--min-samples", "2", "--out", str(out), cwd=tmp_path)
@@ -133,6 +137,8 @@ def test_retune_reads_a_routed_paper_entry_from_the_database(migrated_database, 
     write_result_json(make_run(strategies=("v53",)), tmp_path / "taker_run")  # a run that routed no entry
     none = tapeflow("execution", "retune", "--backtest", str(tmp_path / "taker_run"), cwd=tmp_path, forked=True)
     assert none.returncode == 1 and none.stderr.count("\n") == 1 and "no routed entry orders" in none.stderr
+    other = tapeflow("execution", "retune", "--backtest", str(run_dir), "--revision", "1", cwd=tmp_path, forked=True)
+    assert other.returncode == 1 and "no routed entry orders of v53 revision 1" in other.stderr
 
 
 def test_the_service_finds_a_revisions_table_in_its_files_then_in_the_database(migrated_database, tmp_path):
