@@ -17,9 +17,10 @@ Control (`/_control/orders/...`, not signed):
 - `POST market` `{"symbol", "price"?, "qty"?, "taker_side"?, "mark"?, "bid"?, "ask"?, "bids"?, "asks"?,
   "time"?}` a trade / mark / touch / book levels (`[[price, qty], ...]`, best first: the matcher queues
   limits behind them and walks them with market orders; a touch without levels forgets them);
-- `POST faults` `{"fail_next": N, "mode": "error_before"|"error_after"|"timeout_after", "delay_s"}`: the
-  next N order requests (POST/DELETE/PUT /fapi/v1/order) answer 503 without acting (`error_before`),
-  act and then answer 503 (`error_after`), or act and answer only after `delay_s` (`timeout_after`);
+- `POST faults` `{"fail_next": N, "mode": "error_before"|"error_after"|"timeout_after"|"slow", "delay_s"}`:
+  the next N order requests (POST/DELETE/PUT /fapi/v1/order) answer 503 without acting (`error_before`),
+  act and then answer 503 (`error_after`), act and answer 503 only after `delay_s` (`timeout_after`), or
+  act and answer as usual, `delay_s` late (`slow`: a slow venue or link, the round-trip SLO's case);
 - `POST orphan` `{"symbol", "position_amt", "entry_price"}` and/or `{"order": {...order params}}`: state
   the broker did not create;
 - `POST config` `{"queue": "through"|"touch", "cap_by_trade_qty": bool, "api_restrictions": {...}}`
@@ -230,6 +231,11 @@ async def _order_fault(venue: OrderVenue, act) -> web.Response:
     if venue.fail_next <= 0:
         return json_response(act())
     venue.fail_next -= 1
+    if venue.fail_mode == "slow":
+        body = act()
+        await venue.publish()
+        await asyncio.sleep(venue.delay_s)
+        return json_response(body)
     if venue.fail_mode == "error_before":
         return json_response({"code": -1001, "msg": "Internal error; unable to process your request."}, 503)
     act()
