@@ -1,4 +1,5 @@
-"""The routed entry orders a backtest keeps (``RunResult.routed_orders`` in ``result.json``), so that a
+"""The routed entry orders a backtest keeps (``RunResult.routed_orders``, written to ``routed_orders.json``
+beside ``result.json``: ``backtest.result_io``), so that a
 backtest has the routing TCA a paper, testnet or live session has (``review.routing_tca``): its report's
 routing section and ``tapeflow execution retune --backtest``.
 
@@ -7,7 +8,7 @@ sent, its reason ``route <bucket> n=<notional> maker|taker k/n ...``, its mid at
 and the fills of those orders; the TCA derives the rest (bucket, notional, maker/taker from the reason;
 filled quantity, average fill price and fill times from the fills). Nothing else: the other orders,
 exits included, are what a long run must not keep (``BacktestSink``). Stored as columns' names and
-rows of values (a 30-h research run: a few hundred rows, a few tens of KB).
+rows of values (a 30-h research run: a few hundred rows, a few tens of KB; benchmarks/bench_routed_orders.py).
 
 Mid at send: the backtest's executors stamp no mid on their order records (``backtest.accounts``: the
 sparse feed's last trade at a clock tick that sends an exit depends on the slicing), so the sink

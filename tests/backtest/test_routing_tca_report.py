@@ -36,7 +36,11 @@ def routed_run():
 
 def test_the_section_per_bucket_by_hand(tmp_path):
     run = routed_run()
-    assert read_result_json(write_result_json(run, tmp_path)).routed_orders == run.routed_orders  # kept in result.json
+    path = write_result_json(run, tmp_path)  # the orders beside result.json, unindented
+    assert read_result_json(path).routed_orders == run.routed_orders and b"routed_orders" not in path.read_bytes()
+    assert (tmp_path / "routed_orders.json").read_bytes().count(b"\n") == 1
+    write_result_json(make_run(), tmp_path)  # a run without routed orders in the same directory: none read back
+    assert not (tmp_path / "routed_orders.json").exists() and read_result_json(path).routed_orders == {}
     [section] = document.build(run)["routing_tca"]  # v54_tight routed nothing: no section
     assert (section["strategy"], section["orders"]) == ("v53", 5)  # X is not a routed order
     small, mid, *rest = section["buckets"]
