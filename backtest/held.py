@@ -84,14 +84,34 @@ class HeldRecords:
     def observe_book(self, key: str, record: Record) -> None:
         """Routed entries: the router's spread mean reads every book, so a book held (or passed over)
         is counted as it comes; passed later, the router does not count it again."""
-        if self.accounts.config.entry.kind != "routed" or not record["bids"] or not record["asks"]:
-            return
-        if self._spreads is None:  # the accounts' trackers (one, shared by the runner: the same books)
-            trackers = (executor.entry_flow.router.spreads for executor in self.accounts.executors)
-            self._spreads = list({id(tracker): tracker for tracker in trackers}.values())
-        bid, ask = record["bids"][0]["price"], record["asks"][0]["price"]
-        for tracker in self._spreads:
-            tracker.add(key, record["event_time"], bid, ask)
+        if self._spreads is None:
+            self._spreads = self._trackers()
+        if self._spreads and record["bids"] and record["asks"]:
+            book = (key, record["event_time"], record["bids"][0]["price"], record["asks"][0]["price"])
+            for tracker in self._spreads:
+                tracker.defer([book])
+
+    def observe_books(self, keys: list[str], records: list[Record], at: list[int]) -> None:
+        """``observe_book`` of ``records[i]`` (of market ``keys[i]``) for each ``i`` in ``at``, in that order."""
+        if self._spreads is None:
+            self._spreads = self._trackers()
+        if self._spreads:
+            books = [
+                (keys[i], rec["event_time"], bids[0]["price"], asks[0]["price"])
+                for i in at
+                if (bids := (rec := records[i])["bids"]) and (asks := rec["asks"])
+            ]
+            for tracker in self._spreads:
+                tracker.defer(books)
+
+    def _trackers(self) -> list[SpreadTracker]:
+        """The accounts' spread trackers (one, shared by the runner: the same books); none unless routed.
+        The trackers count what they are given lazily (``SpreadTracker.defer``): the sums read by a probe
+        are the same as if each book were counted as it came."""
+        if self.accounts.config.entry.kind != "routed":
+            return []
+        trackers = (executor.entry_flow.router.spreads for executor in self.accounts.executors)
+        return list({id(tracker): tracker for tracker in trackers}.values())
 
     def take(self, key: str) -> list[tuple[int, int, Any]]:
         """What is held of ``key``, taken out, as (time, rank, record)."""

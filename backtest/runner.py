@@ -211,6 +211,7 @@ class BacktestRunner:
         if not self.accounts.books:
             self.accounts.open(piece.start_ms)
             spreads = self.accounts.executors[0].entry_flow.router.spreads  # every account sees the same books
+            spreads.deferring = True  # counted when a probe reads them (the same sums, less work)
             for executor in self.accounts.executors:  # routed entries: each strategy revision's own table
                 executor.entry_flow.router.spreads = spreads
                 executor.entry_flow.router.register_all(self.strategies)
