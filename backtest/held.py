@@ -86,21 +86,16 @@ class HeldRecords:
         is counted as it comes; passed later, the router does not count it again."""
         if self._spreads is None:
             self._spreads = self._trackers()
-        if self._spreads and record["bids"] and record["asks"]:
-            book = (key, record["event_time"], record["bids"][0]["price"], record["asks"][0]["price"])
-            for tracker in self._spreads:
-                tracker.defer([book])
+        for tracker in self._spreads:
+            tracker.defer([(key, record["event_time"], record, None)])
 
-    def observe_books(self, keys: list[str], records: list[Record], at: list[int]) -> None:
-        """``observe_book`` of ``records[i]`` (of market ``keys[i]``) for each ``i`` in ``at``, in that order."""
+    def observe_books(self, keys: list[str], records: list[Record], times: list[int], at: list[int]) -> None:
+        """``observe_book`` of ``records[i]`` (of market ``keys[i]``, event time ``times[i]``) for each
+        ``i`` in ``at``, in that order; the records are not read here (most never are: ``SpreadTracker.defer``)."""
         if self._spreads is None:
             self._spreads = self._trackers()
         if self._spreads:
-            books = [
-                (keys[i], rec["event_time"], bids[0]["price"], asks[0]["price"])
-                for i in at
-                if (bids := (rec := records[i])["bids"]) and (asks := rec["asks"])
-            ]
+            books = [(keys[i], times[i], records[i], None) for i in at]
             for tracker in self._spreads:
                 tracker.defer(books)
 

@@ -134,7 +134,7 @@ class SparseFeed(ExecutorFeed):
             held, records, ranks, keys = self.held.records, controls.records, controls.ranks, controls.keys
             if acc.config.entry.kind == "routed":  # the router counts every book, not only the newest
                 books_at = np.flatnonzero(cols.slot[n:stop] // max(len(cols.names), 1) == 2) + n
-                self.held.observe_books(keys, records, books_at.tolist())
+                self.held.observe_books(keys, records, controls.times, books_at.tolist())
             for i in (stop - 1 - newest).tolist():
                 held[(ranks[i], keys[i])] = records[i]
         if last_tick >= 0:

@@ -34,9 +34,9 @@ import hashlib
 import math
 import re
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from execution.degradation import NONE, DegradationFlags
 from execution.domain import BookTop, Side, Signal
@@ -104,13 +104,13 @@ class SpreadTracker:
     Why not just count as they come: a backtest sees ~2 books/s per market and probes a few entries an
     hour, so counting each book was ~10 % of a routed backtest."""
 
-    DEFER_LIMIT = 100_000  # deferred books counted at the latest at this many (bounded memory: ~10 MB)
+    DEFER_LIMIT = 30_000  # deferred books compacted at this many (a backtest's records: bounded memory)
 
     def __init__(self, horizon_ms: int = 3_600_000) -> None:
         self._horizon_ms = horizon_ms  # minutes older than this before the newest book are dropped
         self._rows: dict[str, deque[list[float]]] = {}  # key -> [minute start, sum, count], oldest first
         self._last: dict[str, int] = {}  # key -> event time of the newest book counted
-        self._deferred: list[tuple[str, int, float, float]] = []  # (key, event time, bid, ask) not counted yet
+        self._deferred: list[tuple[str, int, Any, float | None]] = []  # books not counted yet (``defer``)
         # ``observe`` defers too (a backtest: the count's work is done when a probe reads it; live
         # counts each book at once, so a probe never waits for an hour of books to be counted)
         self.deferring = False
@@ -156,36 +156,69 @@ class SpreadTracker:
         while rows and rows[0][0] + MINUTE_MS <= minute - self._horizon_ms:
             rows.popleft()
 
-    def defer(self, books: list[tuple[str, int, float, float]]) -> None:
-        """Books (key, event time, best bid, best ask), in the order they came, to be counted as ``add``
-        counts them before the sums are next read or another book is added."""
+    def defer(self, books: Sequence[tuple[str, int, Any, float | None]]) -> None:
+        """Books, in the order they came, to be counted as ``add`` counts them before the sums are next
+        read or another book is added: each (key, event time, best bid, best ask), or (key, event time,
+        an md.book record, None), whose touch is read only if it is counted (the backtest's records: most
+        are never read). Past ``DEFER_LIMIT`` books those that will never count are dropped (``_compact``)."""
         self._deferred.extend(books)
         if len(self._deferred) >= self.DEFER_LIMIT:
+            self._compact()
+
+    @staticmethod
+    def _top(item: Any, ask: float | None) -> tuple[float, float] | None:
+        """A deferred book's (bid, ask): as given, or an md.book record's first levels (None: a side empty)."""
+        if ask is not None:
+            return item, ask
+        bids, asks = item["bids"], item["asks"]
+        return (bids[0]["price"], asks[0]["price"]) if bids and asks else None
+
+    def _cuts(self, books: list[tuple[str, int, Any, float | None]]) -> dict[str, float]:
+        """Per market, the time from which deferred books are added (markets absent: none counts).
+        ``add`` of each in order would leave the rows of the minutes after ``minute(newest) - horizon -
+        1 min`` (newest: the latest valid book, the last one counted; rows are dropped oldest first as
+        later minutes come), each the sum of its books in order. Books of earlier minutes are all older
+        than those minutes, so they neither count nor stop a kept book from counting (``add`` skips a
+        book no newer than the last counted). When the latest book of a market is not valid (a side
+        empty or not positive), all its books are added (-inf): ``add`` decides."""
+        newest: dict[str, int] = {}
+        at: dict[str, int] = {}
+        for i, (key, t, _, _) in enumerate(books):
+            if t > newest.get(key, -1):
+                newest[key], at[key] = t, i
+        cut: dict[str, float] = {}
+        for key, t in newest.items():
+            if t <= self._last.get(key, -1):
+                continue  # no deferred book of the market is newer than the last counted: none counts
+            _, _, item, ask = books[at[key]]
+            top = self._top(item, ask)
+            if top is None or top[0] <= 0 or top[1] <= 0:
+                cut[key] = -math.inf
+                continue
+            dropped_to = t - t % MINUTE_MS - self._horizon_ms - MINUTE_MS  # rows at or before: dropped
+            cut[key] = (dropped_to // MINUTE_MS + 1) * MINUTE_MS  # the first minute kept
+        return cut
+
+    def _compact(self) -> None:
+        """Drop the deferred books that will never count (before their market's cut now: a later book
+        only moves the cut later); count them all if that leaves over half the limit."""
+        cut, never = self._cuts(self._deferred), math.inf
+        self._deferred = [book for book in self._deferred if book[1] >= cut.get(book[0], never)]
+        if len(self._deferred) >= self.DEFER_LIMIT // 2:
             self.flush()
 
     def flush(self) -> None:
-        """Count the deferred books. ``add`` of each in order would leave, per market, the rows of the
-        minutes after ``minute(newest) - horizon - 1 min`` (newest: the latest valid book, the last one
-        counted; rows are dropped oldest first as later minutes come), each the sum of its books in
-        order. Books of earlier minutes are all older than those minutes, so they neither count nor stop
-        a kept book from counting (``add`` skips a book no newer than the last counted): only the books
-        from the first kept minute on are added; the rest would have been dropped."""
+        """Count the deferred books: those from their market's cut on (``_cuts``), the rest would have
+        been dropped."""
         books, self._deferred = self._deferred, []
         if not books:
             return
-        newest: dict[str, int] = {}
-        for key, t, bid, ask in books:  # the newest book that ``add`` would count, per market
-            if bid > 0 and ask > 0 and t > newest.get(key, -1):
-                newest[key] = t
-        cut = {}
-        for key, t in newest.items():
-            if t > self._last.get(key, -1):  # else no deferred book of the market counts
-                dropped_to = t - t % MINUTE_MS - self._horizon_ms - MINUTE_MS  # rows at or before: dropped
-                cut[key] = (dropped_to // MINUTE_MS + 1) * MINUTE_MS  # the first minute kept
-        add, never = self.add, math.inf
-        for key, t, bid, ask in books:
+        cut, add, top_of, never = self._cuts(books), self.add, self._top, math.inf
+        for key, t, item, ask in books:
             if t >= cut.get(key, never):
-                add(key, t, bid, ask)
+                top = top_of(item, ask)
+                if top is not None:
+                    add(key, t, *top)
 
     def mean(self, key: str, now_ms: int, window_ms: int) -> tuple[float, int] | None:
         """(mean spread bps, books) over the minutes that overlap ``(now_ms - window_ms, now_ms]``."""
