@@ -1,6 +1,6 @@
 """The research benchmark's backtest (``benchmarks.bench_backtest``'s re-run on cached data: the 30 h
 synthetic session, 14.4 M trades, the shipped strategies, each tree's DEFAULT executor config) timed in
-this checkout against another commit, e.g. the code before issue 53 (target: >= 0.8x its speed with
+this checkout against another commit, e.g. the code before book fills and routed entries (target: >= 0.8x its speed with
 today's defaults, routed entries and book fills, against its defaults, taker entries and tape fills).
 
 The other commit is checked out as a git worktree (``--tree``, made with ``git worktree add`` if it
@@ -85,7 +85,11 @@ def side(tree: Path, hours: float, repeat: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--baseline", default="e2513db", help="commit to compare with (default: before issue 53)")
+    parser.add_argument(
+        "--baseline",
+        default="e2513db",
+        help="commit to compare with (default: the last before book fills and routed entries)",
+    )
     parser.add_argument("--tree", default=None, help="its worktree (default /tmp/tapeflow-<commit>)")
     parser.add_argument("--hours", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternations baseline / this checkout")
