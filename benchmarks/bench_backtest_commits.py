@@ -23,6 +23,7 @@ import os
 import statistics
 import subprocess  # nosec B404 # runs this interpreter on this script in another tree
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def main() -> None:
         default="e2513db",
         help="commit to compare with (default: the last before book fills and routed entries)",
     )
-    parser.add_argument("--tree", default=None, help="its worktree (default /tmp/tapeflow-<commit>)")
+    parser.add_argument("--tree", default=None, help="its worktree (default <temp dir>/tapeflow-<commit>)")
     parser.add_argument("--hours", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternations baseline / this checkout")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per process")
@@ -99,7 +100,7 @@ def main() -> None:
     if args.child:
         child(args.hours, args.repeat, args.child)
         return
-    tree = Path(args.tree or f"/tmp/tapeflow-{args.baseline}")
+    tree = Path(args.tree) if args.tree else Path(tempfile.gettempdir()) / f"tapeflow-{args.baseline}"
     if not tree.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=HERE, check=True)  # nosec B603 B607
     sides = {"baseline": tree, "this": HERE}
