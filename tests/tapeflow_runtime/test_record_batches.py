@@ -218,3 +218,35 @@ def test_a_corrupted_record_set_raises_or_parses_within_its_bounds(record_set, d
         assert chunk.value_lengths.clip(0).sum() == len(chunk.values)
         assert chunk.key_lengths.clip(0).sum() == len(chunk.keys)
         assert len(chunk.values) + len(chunk.keys) <= len(raw) * 64  # lz4 may expand; bounded, not garbage
+
+
+def test_close_cuts_short_a_fetch_the_broker_holds():
+    """A fetch out to a broker that does not answer it (a broker just started once held one for
+    seconds): close() shuts its socket down, so the fetch thread ends at once instead of waiting out its
+    socket timeout (31 s) past close's join (10.5 s). The broker here accepts the connection and
+    never answers."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    got_request = threading.Event()
+
+    def hold() -> None:
+        conn, _ = server.accept()
+        accepted.append(conn)
+        conn.recv(4)  # the fetch's size prefix: the request is out
+        got_request.set()
+
+    threading.Thread(target=hold, daemon=True).start()
+    fetcher = RawFetcher(f"127.0.0.1:{server.getsockname()[1]}", fetch_wait_ms=500)
+    try:
+        fetcher.assign("md.trades", 0, 0)
+        assert got_request.wait(10), "the fetcher never sent its fetch"
+        assert fetcher.in_flight
+        fetcher.close()
+        assert not fetcher._thread.is_alive(), "the fetch thread outlived close()"
+    finally:
+        for conn in accepted:
+            conn.close()
+        server.close()
