@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 from backtest.model import RunResult
@@ -95,6 +95,24 @@ class Arms:
         if self.seen.setdefault(name, key) != key:
             raise SystemExit(f"{name}: a repeat gave other trades than the first run")
         return result, runner, len(self.walls[name]) == 1
+
+    def alternate(
+        self,
+        data: Session,
+        config: ExecutorConfig,
+        baseline: str,
+        candidate: str,
+        repeat: int,
+        as_baseline: Callable[[], AbstractContextManager[object]],
+    ) -> Iterator[tuple[RunResult, RunResult, bool]]:
+        """``repeat`` rounds of a run of ``baseline`` (inside ``as_baseline()``, which switches the feature
+        off) then one of ``candidate``, alternated so a load change hits both arms; yields each round's
+        (baseline result, candidate result, whether it was the first round)."""
+        for _ in range(repeat):
+            with as_baseline():
+                before, _, _ = self.run(baseline, data, config)
+            after, _, first = self.run(candidate, data, config)
+            yield before, after, first
 
     def report(self, n: int, baseline: str, candidate: str, target: float, indent: str = "  ") -> float:
         """Prints each arm's times and ``candidate``'s speed against ``baseline`` (best wall and median

@@ -49,10 +49,7 @@ def main() -> None:
     config = ExecutorConfig().model_copy(update={"entry": EntryPolicy(kind="routed")})
     arms = Arms((NO_RULE, RULE))
     with session(hours) as data:
-        for _ in range(repeat):
-            with without_rule():
-                baseline, _, _ = arms.run(NO_RULE, data, config)
-            result, _, first = arms.run(RULE, data, config)
+        for baseline, result, first in arms.alternate(data, config, NO_RULE, RULE, repeat, without_rule):
             if first:
                 changes = result.params.get("degradation_changes") or []
                 print(f"  rule arm: {result.signals} signals, {len(result.trades)} trades, {len(changes)} changes")

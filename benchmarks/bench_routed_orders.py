@@ -55,10 +55,7 @@ def main() -> None:
     config = ExecutorConfig().model_copy(update={"entry": EntryPolicy(kind="routed")})
     arms = Arms((NOT_KEPT, KEPT))
     with session(hours) as data:
-        for _ in range(repeat):
-            with keeping_nothing():
-                baseline, _, _ = arms.run(NOT_KEPT, data, config)
-            result, _, first = arms.run(KEPT, data, config)
+        for baseline, result, first in arms.alternate(data, config, NOT_KEPT, KEPT, repeat, keeping_nothing):
             if result.trades != baseline.trades:
                 raise SystemExit("keeping the orders changed the trades")
             if first:
