@@ -181,6 +181,7 @@ class TopicSink:
         self.assignment: list[TopicPartition] = []
         self.rebalances = 0  # group rebalances that took the partitions
         self.stop_requested = False
+        self.consuming = False  # past the start (consumer, writers, first maintenance): a stop is prompt
         self.committed_batches = 0
         self.started_at = datetime.now(UTC)
         self.metrics.expect_tables(sorted(self._by_table))
@@ -267,6 +268,7 @@ class TopicSink:
             writer.start()
         self.maintain()
         next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
+        self.consuming = True
         try:
             while not (self.stop_requested or should_stop()):
                 self._fill(self._pending)
@@ -303,7 +305,8 @@ class TopicSink:
             log.exception("final flush failed; the batch will be re-delivered")
         finally:
             self._consumer.close()
-            self._dlq_producer.flush(10)
+            if len(self._dlq_producer):  # nothing queued: no flush (it waited on a coordinator still loading)
+                self._dlq_producer.flush(10)
             self.writer.close()
         if self._writer_error is not None:
             raise self._writer_error

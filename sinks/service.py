@@ -56,8 +56,13 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
     started = time.time()
 
     def health() -> dict:
+        # "starting" (not healthy) until the sink consumes: its start (the consumer, the first partition
+        # maintenance) does not look at a stop request, so a stack called healthy and stopped at once
+        # waited it out, past the supervisor's stop timeout, and the sink was killed
         ok = sink.committed_batches > 0 or time.time() - started < 60 or bool(sink.assignment)
-        status = "database-down" if sink.database_down else "running" if ok else "idle"
+        status = (
+            "database-down" if sink.database_down else "starting" if not sink.consuming else "running" if ok else "idle"
+        )
         detail = f"{sink.committed_batches} batches committed, {len(sink.assignment)} partitions assigned"
         if sink.database_down:
             down_s = time.monotonic() - (sink.database_down_since or time.monotonic())
